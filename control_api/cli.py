@@ -1,0 +1,125 @@
+"""The `meeting-sfu` command: `serve` runs the node, `token` mints a JWT for a user."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+import time
+
+from .auth import TokenAuthority, canonical_uuid, load_or_create_secret
+from .config import ConfigError, load_config
+
+
+class KeyValueFormatter(logging.Formatter):
+    """One line per event: time, level, logger, message (key=value pairs by convention)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        line = f"ts={stamp}Z level={record.levelname.lower()} logger={record.name} msg={record.getMessage()!r}"
+        if record.exc_info:
+            line += " exc=" + repr(self.formatException(record.exc_info))
+        return line
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        body = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.created)),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            body["exc"] = self.formatException(record.exc_info)
+        return json.dumps(body)
+
+
+def setup_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else KeyValueFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from .app import create_app
+
+    config = load_config(args.config)
+    setup_logging(config.logging.level, config.logging.format)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover - uvloop is a dependency; stay usable without it
+        logging.getLogger("meeting_sfu").warning("uvloop unavailable, using asyncio's loop")
+    app = create_app(config)
+    logging.getLogger("meeting_sfu").info(
+        "serving host=%s port=%s data_dir=%s", config.server.host, config.server.port, config.data_path
+    )
+    web.run_app(app, host=config.server.host, port=config.server.port, print=None, access_log=None)
+    return 0
+
+
+def _room(value: str) -> tuple[str, str]:
+    room, _, role = value.rpartition(":")
+    rid = canonical_uuid(room)
+    if rid is None or role not in ("owner", "member"):
+        raise argparse.ArgumentTypeError("expected <roomUUID>:owner|member")
+    return rid, role
+
+
+def _user(value: str) -> str:
+    uid = canonical_uuid(value)
+    if uid is None:
+        raise argparse.ArgumentTypeError("expected a UUID")
+    return uid
+
+
+def _token(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    secret = load_or_create_secret(config.auth.jwt_secret, config.data_path)
+    authority = TokenAuthority(secret, config.auth.leeway_seconds)
+    token = authority.mint(
+        args.user,
+        name=args.name,
+        guest=args.guest,
+        rooms=dict(args.room or []),
+        ttl_seconds=args.ttl or config.auth.default_ttl_seconds,
+    )
+    print(token)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="meeting-sfu", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the media node")
+    serve.add_argument("--config", help="TOML file (see config.example.toml)")
+    serve.set_defaults(func=_serve)
+    token = sub.add_parser("token", help="print a signed JWT for a user")
+    token.add_argument("--config", help="TOML file (see config.example.toml)")
+    token.add_argument("--user", required=True, type=_user, help="user id (UUID)")
+    token.add_argument("--name", help="display name")
+    token.add_argument("--guest", action="store_true", help="mark the user as a guest")
+    token.add_argument(
+        "--room", action="append", type=_room, metavar="ROOM:ROLE", help="room grant, repeatable"
+    )
+    token.add_argument("--ttl", type=int, help="lifetime in seconds")
+    token.set_defaults(func=_token)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"meeting-sfu: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,27 @@
+"""Typed keys for what the application and its requests share."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from sfu.api import MediaService
+
+    from .auth import Principal, TokenAuthority
+    from .config import Config
+    from .domain import MeetingService
+    from .events import EventHub
+    from .metrics import ControlMetrics
+    from .store import Store
+
+CONFIG: web.AppKey["Config"] = web.AppKey("config")
+STORE: web.AppKey["Store"] = web.AppKey("store")
+HUB: web.AppKey["EventHub"] = web.AppKey("hub")
+DOMAIN: web.AppKey["MeetingService"] = web.AppKey("domain")
+MEDIA: web.AppKey["MediaService"] = web.AppKey("media")
+TOKENS: web.AppKey["TokenAuthority"] = web.AppKey("tokens")
+METRICS: web.AppKey["ControlMetrics"] = web.AppKey("metrics")
+WEBSOCKETS: web.AppKey[set] = web.AppKey("websockets")
+PRINCIPAL = "meeting_sfu.principal"
