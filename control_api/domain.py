@@ -26,6 +26,8 @@ from sfu.api import (
     TalkingChanged,
 )
 
+from recorder.recording import merge_parts, part_files
+
 from .auth import Principal
 from .errors import ApiError, bad_request, conflict, forbidden, not_found
 from .events import EventHub, iso, make_event, now_utc
@@ -118,7 +120,26 @@ class MeetingService:
         media.set_listener(self.on_media_event)
         # A restart stops every meeting: no waiting queue and no running recording survive it.
         store.clear_waiting()
-        store.abandon_started_recordings(clock())
+        self._recover_recordings()
+
+    def _recover_recordings(self) -> None:
+        """Recordings cut short by a crash: their parts are merged into the fallback path."""
+        for rec in self.store.recordings():
+            if rec.status != "STARTED":
+                continue
+            parts = self.work_dir / rec.id
+            path: str | None = None
+            size: int | None = None
+            if part_files(parts):
+                stamp = rec.started_at.strftime("%Y%m%dT%H%M%SZ")
+                target = unique_path(self.recordings_dir / f"meeting_{rec.meeting_id}" / f"{stamp}.mkv")
+                try:
+                    size = merge_parts(parts, target)
+                    path = str(target)
+                    log.info("recording recovered recording=%s path=%s", rec.id, path)
+                except Exception as exc:  # a broken part must not stop the server from starting
+                    log.error("recording recovery failed recording=%s error=%s", rec.id, exc)
+            self.store.finish_recording(rec.id, self._clock(), path, size)
 
     # --- helpers ---------------------------------------------------------------------------
 
@@ -730,7 +751,7 @@ class MeetingService:
                 return
             rec_id = str(uuid.uuid4())
             self.work_dir.mkdir(parents=True, exist_ok=True)
-            work_path = str(self.work_dir / f"{rec_id}.mkv")
+            work_path = str(self.work_dir / rec_id)
             try:
                 await self.media.start_recording(meeting_id, work_path)
             except MediaError as exc:

@@ -276,10 +276,3 @@ class Store:
             RecordingRow(r[0], r[1], r[2], _dt(r[3]), _dt(r[4]), r[5], r[6], r[7])  # type: ignore[arg-type]
             for r in rows
         ]
-
-    def abandon_started_recordings(self, now: datetime) -> None:
-        """After a restart no recording runs: mark the ones left STARTED as stopped."""
-        self._write(
-            "UPDATE recordings SET status = 'STOPPED', stopped_at = ? WHERE status = 'STARTED'",
-            (now.isoformat(),),
-        )

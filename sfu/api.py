@@ -133,7 +133,9 @@ class MediaService(Protocol):
 
     async def set_audio_enabled(self, meeting_id: str, user_id: str, enabled: bool) -> None: ...
 
-    async def start_recording(self, meeting_id: str, work_path: str) -> None: ...
+    async def start_recording(self, meeting_id: str, work_path: str) -> None:
+        """Record the meeting's producers and audio mix; `work_path` is a directory for the
+        recorder's crash-safe parts (see recorder.recording)."""
 
     async def stop_recording(self, meeting_id: str, final_path: str) -> RecordingResult | None: ...
 
