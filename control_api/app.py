@@ -16,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sfu.api import MediaError, MediaListener, MediaService, RecordingResult, StreamKind, StreamRef
 from sfu.api import SubscribedStream
+from sfu.metrics import MediaCollector, MediaStats, measure_loop_lag
 
 from .auth import AuthError, TokenAuthority, load_or_create_secret
 from .config import Config
@@ -23,7 +24,18 @@ from .domain import MeetingService
 from .errors import ApiError
 from .events import EventHub
 from .handlers import add_routes
-from .keys import CONFIG, DOMAIN, HUB, MEDIA, METRICS, PRINCIPAL, STORE, TOKENS, WEBSOCKETS
+from .keys import (
+    CONFIG,
+    DOMAIN,
+    HUB,
+    MEDIA,
+    MEDIA_STATS,
+    METRICS,
+    PRINCIPAL,
+    STORE,
+    TOKENS,
+    WEBSOCKETS,
+)
 from .metrics import ControlMetrics
 from .store import Store
 
@@ -225,9 +237,6 @@ async def _metrics(request: web.Request) -> web.Response:
             raise ApiError(401, "unauthorized", "a metrics token is required")
     registry = request.app[METRICS].registry
     body = generate_latest(registry)
-    extra = getattr(request.app[MEDIA], "metrics_text", None)
-    if callable(extra):
-        body += extra()
     response = web.Response(body=body)
     response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
     response.charset = "utf-8"
@@ -264,6 +273,12 @@ def create_app(config: Config, media: MediaService | None = None) -> web.Applica
         recordings_dir=config.recording_path,
         work_dir=data_dir / "recordings-in-progress",
     )
+    # The media plane counts in plain ints; its collector reads them on scrape.
+    media_stats = getattr(media, "stats", None)
+    if not isinstance(media_stats, MediaStats):
+        media_stats = MediaStats()
+    metrics.registry.register(MediaCollector(media_stats))
+    app[MEDIA_STATS] = media_stats
     metrics.bind(
         meetings_active=lambda: domain.active_meetings,
         participants=lambda: domain.participant_count,
@@ -291,6 +306,7 @@ def create_app(config: Config, media: MediaService | None = None) -> web.Applica
             add_demo_routes(app)
 
     app.cleanup_ctx.append(_expiry_task)
+    app.cleanup_ctx.append(_loop_lag_task)
     app.on_shutdown.append(_close_websockets)
     app.on_cleanup.append(_close_state)
     return app
@@ -309,6 +325,14 @@ async def _expiry_task(app: web.Application) -> AsyncIterator[None]:
             await asyncio.sleep(interval)
 
     task = asyncio.create_task(loop())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _loop_lag_task(app: web.Application) -> AsyncIterator[None]:
+    task = asyncio.create_task(measure_loop_lag(app[MEDIA_STATS]))
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):

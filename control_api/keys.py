@@ -8,6 +8,7 @@ from aiohttp import web
 
 if TYPE_CHECKING:
     from sfu.api import MediaService
+    from sfu.metrics import MediaStats
 
     from .auth import Principal, TokenAuthority
     from .config import Config
@@ -23,5 +24,6 @@ DOMAIN: web.AppKey["MeetingService"] = web.AppKey("domain")
 MEDIA: web.AppKey["MediaService"] = web.AppKey("media")
 TOKENS: web.AppKey["TokenAuthority"] = web.AppKey("tokens")
 METRICS: web.AppKey["ControlMetrics"] = web.AppKey("metrics")
+MEDIA_STATS: web.AppKey["MediaStats"] = web.AppKey("media_stats")
 WEBSOCKETS: web.AppKey[set] = web.AppKey("websockets")
 PRINCIPAL = "meeting_sfu.principal"

@@ -1,0 +1,165 @@
+"""Media-plane statistics: plain counters on the hot path, turned into Prometheus metrics on scrape.
+
+Per-packet code only adds to ints in `MediaStats` (no locks, no label lookups); a collector reads
+them when /metrics is scraped. Labels stay bounded: kind, direction, state, never a user or a
+meeting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import time
+from typing import Iterable, Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+KINDS = ("video", "screen", "audio")
+PC_STATES = ("new", "connecting", "connected", "disconnected", "failed", "closed")
+
+
+class Histogram:
+    """A fixed-bucket histogram of seconds, cheap enough to observe on hot paths."""
+
+    __slots__ = ("bounds", "counts", "total", "count")
+
+    def __init__(self, bounds: Iterable[float]) -> None:
+        self.bounds = tuple(bounds)
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.total = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
+        self.count += 1
+
+    def family(self, name: str, doc: str) -> HistogramMetricFamily:
+        buckets = []
+        acc = 0
+        for bound, n in zip(self.bounds, self.counts):
+            acc += n
+            buckets.append((repr(bound), acc))
+        buckets.append(("+Inf", self.count))
+        return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=self.total)
+
+
+def _per_kind() -> dict[str, int]:
+    return dict.fromkeys(KINDS, 0)
+
+
+class MediaStats:
+    """Everything the media plane counts. One instance per media service."""
+
+    def __init__(self) -> None:
+        self.peer_connections: dict[str, int] = dict.fromkeys(PC_STATES, 0)  # current, by state
+        self.producers: dict[str, int] = _per_kind()  # current
+        self.consumers: dict[str, int] = _per_kind()  # current
+        self.rtp_packets_in = _per_kind()
+        self.rtp_bytes_in = _per_kind()
+        self.rtp_packets_out = _per_kind()
+        self.rtp_bytes_out = _per_kind()
+        self.packets_lost = _per_kind()  # seen as sequence gaps on publishers' streams
+        self.nacks_received = 0  # NACK feedback from subscribers (packets asked for)
+        self.retransmissions = 0  # packets resent from consumer histories
+        self.plis_received = 0
+        self.firs_received = 0
+        self.keyframe_requests_sent = 0  # PLIs sent to publishers (after throttling)
+        self.recorder_bytes = 0
+        self.rtt_seconds = Histogram((0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0))
+        self.jitter_seconds = Histogram((0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1))
+        self.forwarding_seconds = Histogram(
+            (0.00002, 0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01)
+        )
+        self.mixer_tick_seconds = Histogram(
+            (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05)
+        )
+        self.loop_lag_seconds = Histogram((0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0))
+
+    def pc_state_changed(self, old: str | None, new: str) -> None:
+        if old in self.peer_connections:
+            self.peer_connections[old] -= 1
+        if new in self.peer_connections:
+            self.peer_connections[new] += 1
+
+
+class MediaCollector(Collector):
+    """Exposes a MediaStats as meeting_sfu_* metrics."""
+
+    def __init__(self, stats: MediaStats) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator:
+        s = self.stats
+        pcs = GaugeMetricFamily(
+            "meeting_sfu_peer_connections", "Server peer connections by state", labels=["state"]
+        )
+        for state, n in s.peer_connections.items():
+            pcs.add_metric([state], n)
+        yield pcs
+        for name, doc, values in (
+            ("meeting_sfu_producers", "Incoming media streams by kind", s.producers),
+            ("meeting_sfu_consumers", "Forwarded streams (one per subscriber) by kind", s.consumers),
+        ):
+            g = GaugeMetricFamily(name, doc, labels=["kind"])
+            for kind, n in values.items():
+                g.add_metric([kind], n)
+            yield g
+        for name, doc, inbound, outbound in (
+            ("meeting_sfu_rtp_packets", "RTP packets", s.rtp_packets_in, s.rtp_packets_out),
+            ("meeting_sfu_rtp_bytes", "RTP bytes", s.rtp_bytes_in, s.rtp_bytes_out),
+        ):
+            c = CounterMetricFamily(name, doc + " by kind and direction", labels=["kind", "direction"])
+            for kind in KINDS:
+                c.add_metric([kind, "in"], inbound[kind])
+                c.add_metric([kind, "out"], outbound[kind])
+            yield c
+        lost = CounterMetricFamily(
+            "meeting_sfu_rtp_packets_lost", "Packets missing on incoming streams", labels=["kind"]
+        )
+        for kind in KINDS:
+            lost.add_metric([kind], s.packets_lost[kind])
+        yield lost
+        for name, doc, value in (
+            ("meeting_sfu_nacks_received", "Packets asked for again by subscribers (NACK)", s.nacks_received),
+            ("meeting_sfu_retransmissions", "Packets resent to subscribers from history", s.retransmissions),
+            ("meeting_sfu_plis_received", "Picture loss indications from subscribers", s.plis_received),
+            ("meeting_sfu_firs_received", "Full intra requests from subscribers", s.firs_received),
+            (
+                "meeting_sfu_keyframe_requests",
+                "Keyframe requests sent to publishers (throttled)",
+                s.keyframe_requests_sent,
+            ),
+            ("meeting_sfu_recorder_bytes", "Bytes of media written by recordings", s.recorder_bytes),
+        ):
+            yield CounterMetricFamily(name, doc, value=value)
+        yield s.rtt_seconds.family(
+            "meeting_sfu_rtt_seconds", "Round-trip time from RTCP receiver reports"
+        )
+        yield s.jitter_seconds.family(
+            "meeting_sfu_jitter_seconds", "Interarrival jitter reported in RTCP receiver reports"
+        )
+        yield s.forwarding_seconds.family(
+            "meeting_sfu_forwarding_latency_seconds",
+            "Time from a packet's arrival to its last copy sent (sampled)",
+        )
+        yield s.mixer_tick_seconds.family(
+            "meeting_sfu_mixer_tick_seconds", "Time spent per 20 ms audio mixer tick"
+        )
+        yield s.loop_lag_seconds.family(
+            "meeting_sfu_event_loop_lag_seconds", "How late the event loop runs a timer"
+        )
+
+
+async def measure_loop_lag(stats: MediaStats, interval: float = 0.5) -> None:
+    """Runs until cancelled: how late a sleep wakes up is the event loop's lag."""
+    loop = asyncio.get_running_loop()
+    while True:
+        start = loop.time()
+        await asyncio.sleep(interval)
+        stats.loop_lag_seconds.observe(max(0.0, loop.time() - start - interval))
+
+
+def now() -> float:
+    return time.perf_counter()
