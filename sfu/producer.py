@@ -106,6 +106,29 @@ def parse_offer(offer_sdp: str) -> tuple[Any, SessionDescription]:
     return description, parsed
 
 
+def _remote(pc: RTCPeerConnection) -> SessionDescription | None:
+    remote = pc.remoteDescription
+    if remote is None:
+        return None
+    try:
+        return SessionDescription.parse(remote.sdp)
+    except Exception:
+        return None
+
+
+def _transport_identity(description: SessionDescription | None) -> tuple[Any, ...] | None:
+    """ICE credentials and DTLS fingerprints of the first m-line: when they change, the client
+    made a new PC or restarts ICE, which aiortc cannot follow on the same PC."""
+    if description is None or not description.media:
+        return None
+    media = description.media[0]
+    ice = media.ice
+    fingerprints = tuple(
+        (f.algorithm, f.value.lower()) for f in (media.dtls.fingerprints if media.dtls else [])
+    )
+    return (ice.usernameFragment if ice else None, ice.password if ice else None, fingerprints)
+
+
 class Producer:
     """One published stream (see module docstring). Created by the Router."""
 
@@ -208,10 +231,19 @@ class Producer:
             self._closing_pc.discard(old)
         return sdp
 
-    async def renegotiate(self, description: Any, video_index: int, codec: CodecChoice) -> str:
-        """A new offer on the running PC: answer it in place; fall back to a new PC."""
+    async def renegotiate(
+        self, description: Any, parsed: SessionDescription, video_index: int, codec: CodecChoice
+    ) -> str:
+        """A new offer on the running PC: answer it in place. A new PC (the producer restarts,
+        consumers follow) when aiortc cannot: ICE restart or new DTLS identity (the client made
+        a new PC), another payload type, or a failure."""
         pc = self.pc
-        if pc is None or pc.signalingState != "stable" or codec.payload_type != self.pt:
+        if (
+            pc is None
+            or pc.signalingState != "stable"
+            or codec.payload_type != self.pt
+            or _transport_identity(parsed) != _transport_identity(_remote(pc))
+        ):
             return await self.answer(description, video_index, codec)
         try:
             await pc.setRemoteDescription(description)

@@ -71,7 +71,7 @@ class Router:
             producer = self.producers.get((user_id, kind))
             if producer is not None and not producer.closed:
                 if producer.codec.key == codec.key:
-                    return await producer.renegotiate(description, index, codec)
+                    return await producer.renegotiate(description, parsed, index, codec)
                 # Another codec: subscribers' m-lines cannot follow, start over.
                 await self._end_producer(producer, announce=False)
             producer = Producer(

@@ -58,10 +58,11 @@ def read_counter(frame: av.VideoFrame) -> int:
 class CounterTrack(VideoStreamTrack):
     """30 fps synthetic video; frame n shows n (modulo 2**16) in luma blocks."""
 
-    def __init__(self, fps: int = 30, tint: int = 0) -> None:
+    def __init__(self, fps: int = 30, tint: int = 0, start: int = 0) -> None:
         super().__init__()
         self.fps = fps
-        self.count = 0
+        self.first = start
+        self.count = start
         self.tint = tint
         self._start: float | None = None
 
@@ -69,7 +70,7 @@ class CounterTrack(VideoStreamTrack):
         if self._start is None:
             self._start = time.monotonic()
         n = self.count
-        target = self._start + n / self.fps
+        target = self._start + (n - self.first) / self.fps
         delay = target - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
@@ -87,9 +88,9 @@ def client_pc() -> RTCPeerConnection:
 class Publisher:
     """A client's sendonly video PC."""
 
-    def __init__(self, codec: str = "VP8", fps: int = 30, tint: int = 0) -> None:
+    def __init__(self, codec: str = "VP8", fps: int = 30, tint: int = 0, start: int = 0) -> None:
         self.pc = client_pc()
-        self.track = CounterTrack(fps, tint)
+        self.track = CounterTrack(fps, tint, start)
         self.transceiver = self.pc.addTransceiver(self.track, direction="sendonly")
         prefs = [
             c
@@ -184,36 +185,52 @@ class Subscriber:
             received.counters.append(read_counter(frame))
             self._changed.set()
 
-    def msids(self) -> dict[str, str]:
-        """mid -> msid stream id, from the last remote offer."""
-        out = {}
+    def _sections(self) -> list[list[str]]:
         assert self.pc is not None
-        mid = None
+        sections: list[list[str]] = []
         for line in self.pc.remoteDescription.sdp.split("\r\n"):
-            if line.startswith("a=mid:"):
-                mid = line[6:]
-            if line.startswith("a=msid:") and mid is not None:
-                stream, track = line[7:].split(" ")
-                assert track == mid, (track, mid)
-                out[mid] = stream
+            if line.startswith("m="):
+                sections.append([])
+            if sections:
+                sections[-1].append(line)
+        return sections
+
+    @staticmethod
+    def _mid(section: list[str]) -> str:
+        return next(line[6:] for line in section if line.startswith("a=mid:"))
+
+    def msids(self) -> dict[str, str]:
+        """mid -> msid stream id of each sending m-line of the last server offer."""
+        out = {}
+        for section in self._sections():
+            if "a=sendonly" not in section:
+                continue
+            mid = self._mid(section)
+            for line in section:
+                if line.startswith("a=msid:"):
+                    stream, track = line[7:].split(" ")
+                    assert track == mid, (track, mid)
+                    out[mid] = stream
         return out
 
     def directions(self) -> dict[str, str]:
+        """mid -> direction of each m-line of the last server offer."""
         out = {}
-        assert self.pc is not None
-        mid = None
-        for line in self.pc.remoteDescription.sdp.split("\r\n"):
-            if line.startswith("a=mid:"):
-                mid = line[6:]
-            if line in ("a=sendonly", "a=inactive", "a=recvonly", "a=sendrecv") and mid is not None:
-                out[mid] = line[2:]
+        for section in self._sections():
+            for line in section:
+                if line in ("a=sendonly", "a=inactive", "a=recvonly", "a=sendrecv"):
+                    out[self._mid(section)] = line[2:]
         return out
 
-    async def wait_frames(self, track_id: str, count: int, timeout: float = 10.0) -> Received:
+    async def wait_frames(
+        self, track_id: str, count: int, timeout: float = 10.0, at_least: int = 0
+    ) -> Received:
+        """Wait until `count` frames showing a counter >= `at_least` were decoded."""
+
         async def loop() -> Received:
             while True:
                 received = self.tracks.get(track_id)
-                if received is not None and len([c for c in received.counters if c >= 0]) >= count:
+                if received is not None and sum(1 for c in received.counters if c >= at_least) >= count:
                     return received
                 self._changed.clear()
                 await self._changed.wait()
@@ -241,11 +258,11 @@ async def bounded(awaitable: Awaitable[Any], timeout: float = 10.0) -> Any:
     return await asyncio.wait_for(awaitable, timeout)
 
 
-def assert_counters_match(received: Received, sent_max: int) -> None:
+def assert_counters_match(received: Received, sent_max: int, sent_min: int = 0) -> None:
     """Decoded counters are frames the publisher sent, in order, mostly consecutive."""
-    counters = [c for c in received.counters if c >= 0]
+    counters = [c for c in received.counters if c >= 0 and c >= sent_min]
     assert counters, "no frame decoded"
-    assert all(0 <= c <= sent_max for c in counters), (counters[:10], sent_max)
+    assert all(sent_min <= c <= sent_max for c in counters), (counters[:10], sent_max)
     assert counters == sorted(counters), counters[:50]
     steps = [b - a for a, b in zip(counters, counters[1:])]
     assert sum(1 for s in steps if s == 1) >= len(steps) * 0.8, steps[:50]

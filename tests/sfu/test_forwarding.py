@@ -1,19 +1,14 @@
-"""Video pass-through: one publisher, several subscribers, decoded frames match."""
+"""Video and screen pass-through: decoded frames at the subscribers match what was published."""
 
 import asyncio
 
-from sfu.api import ProducerStateChanged, StreamRef
+import aiortc.rtcrtpreceiver
+import aiortc.rtcrtpsender
 
-from .clients import Publisher, Subscriber, assert_counters_match, bounded
+from sfu.api import ProducerStateChanged
 
-MEETING = "m-1"
-
-
-async def subscribe(service, sub: Subscriber, user: str, refs, unrefs=()):
-    offer = await bounded(service.update_subscriptions(MEETING, user, list(refs), list(unrefs)))
-    assert offer is not None
-    answer = await bounded(sub.answer(offer))
-    return await bounded(service.answer_subscriber(MEETING, user, answer))
+from .clients import Publisher, Subscriber, assert_counters_match, bounded, eventually
+from .helpers import MEETING, ref, router, subscribe
 
 
 async def test_one_publisher_three_subscribers_decode_matching_frames(service, events):
@@ -21,16 +16,118 @@ async def test_one_publisher_three_subscribers_decode_matching_frames(service, e
     subs = [Subscriber() for _ in range(3)]
     try:
         await bounded(pub.publish(service, MEETING, "alice"))
-        await events.wait(ProducerStateChanged, user_id="alice", active=True)
+        await events.wait(ProducerStateChanged, user_id="alice", kind="video", active=True)
+        mids = []
         for i, sub in enumerate(subs):
-            streams = await subscribe(service, sub, f"bob{i}", [StreamRef("alice", "video")])
+            streams = await subscribe(service, sub, f"bob{i}", [ref("alice")])
             assert [(s.user_id, s.kind) for s in streams] == [("alice", "video")]
-            mid = streams[0].mid
-            assert sub.msids() == {mid: "alice/video"}
-        for sub in subs:
-            received = await sub.wait_frames(streams[0].mid, 20)
+            mids.append(streams[0].mid)
+            assert sub.msids() == {streams[0].mid: "alice/video"}
+        for sub, mid in zip(subs, mids):
+            received = await sub.wait_frames(mid, 20)
             assert_counters_match(received, pub.track.count)
     finally:
         for sub in subs:
+            await sub.close()
+        await pub.close()
+
+
+async def test_video_and_screen_of_the_same_user(service, events):
+    camera = Publisher(start=100)
+    screen = Publisher(start=20000)
+    sub = Subscriber()
+    try:
+        await bounded(camera.publish(service, MEETING, "alice", "video"))
+        await bounded(screen.publish(service, MEETING, "alice", "screen"))
+        streams = await subscribe(service, sub, "bob", [ref("alice", "video"), ref("alice", "screen")])
+        by_kind = {s.kind: s.mid for s in streams}
+        assert set(by_kind) == {"video", "screen"} and len(set(by_kind.values())) == 2
+        assert sub.msids() == {by_kind["video"]: "alice/video", by_kind["screen"]: "alice/screen"}
+        video = await sub.wait_frames(by_kind["video"], 15)
+        shown = await sub.wait_frames(by_kind["screen"], 15)
+        assert_counters_match(video, camera.track.count, 100)
+        assert max(video.counters) < 20000
+        assert_counters_match(shown, screen.track.count, 20000)
+        await events.wait(ProducerStateChanged, user_id="alice", kind="screen", active=True)
+    finally:
+        await sub.close()
+        await camera.close()
+        await screen.close()
+
+
+async def test_h264_publisher_is_forwarded_with_its_codec(service, events):
+    pub = Publisher(codec="H264")
+    sub = Subscriber()
+    try:
+        answer = await bounded(pub.publish(service, MEETING, "alice"))
+        assert "H264/90000" in answer and "VP8" not in answer
+        streams = await subscribe(service, sub, "bob", [ref("alice")])
+        offer = sub.pc.remoteDescription.sdp
+        assert "H264/90000" in offer and "packetization-mode=1" in offer and "VP8" not in offer
+        received = await sub.wait_frames(streams[0].mid, 20)
+        assert_counters_match(received, pub.track.count)
+    finally:
+        await sub.close()
+        await pub.close()
+
+
+async def test_subscriber_packet_loss_is_repaired_by_nack(service, events):
+    seen: set[int] = set()
+
+    def drop(data: bytes) -> bool:
+        # Drop one media packet in 15 the first time it arrives (retransmissions come as RTX).
+        if data[1] & 0x7F != 97:
+            return False
+        seq = int.from_bytes(data[2:4], "big")
+        if seq in seen:
+            return False
+        seen.add(seq)
+        return seq % 15 == 0
+
+    pub = Publisher()
+    sub = Subscriber(drop=drop)
+    try:
+        await bounded(pub.publish(service, MEETING, "alice"))
+        streams = await subscribe(service, sub, "bob", [ref("alice")])
+        received = await sub.wait_frames(streams[0].mid, 45, timeout=15)
+        consumer = router(service).subscribers["bob"].consumers[0]
+        assert sub.dropped > 0
+        assert consumer.retransmitted > 0
+        assert_counters_match(received, pub.track.count)
+    finally:
+        await sub.close()
+        await pub.close()
+
+
+async def test_no_video_decoder_or_encoder_is_created_by_the_server(service, events, monkeypatch):
+    counts = {"decoders": 0, "encoders": 0}
+    real_decoder = aiortc.rtcrtpreceiver.get_decoder
+    real_encoder = aiortc.rtcrtpsender.get_encoder
+
+    def counting_decoder(codec):
+        counts["decoders"] += 1
+        return real_decoder(codec)
+
+    def counting_encoder(codec):
+        counts["encoders"] += 1
+        return real_encoder(codec)
+
+    monkeypatch.setattr(aiortc.rtcrtpreceiver, "get_decoder", counting_decoder)
+    monkeypatch.setattr(aiortc.rtcrtpsender, "get_encoder", counting_encoder)
+
+    pub = Publisher()
+    light = [Subscriber(decode=False) for _ in range(3)]
+    viewer = Subscriber()  # the only decoder in this process: a client's
+    try:
+        await bounded(pub.publish(service, MEETING, "alice"))
+        for i, sub in enumerate(light):
+            await subscribe(service, sub, f"light{i}", [ref("alice")])
+        streams = await subscribe(service, viewer, "viewer", [ref("alice")])
+        await viewer.wait_frames(streams[0].mid, 30)
+        await eventually(lambda: all(s.rtp_markers >= 30 for s in light))
+        await asyncio.sleep(0.2)
+        assert counts == {"decoders": 1, "encoders": 1}
+    finally:
+        for sub in [*light, viewer]:
             await sub.close()
         await pub.close()
