@@ -57,8 +57,14 @@ def check_private_api() -> None:
         if connection is None:
             missing.append("aiortc.RTCIceTransport._connection (socket of a transport)")
         else:
-            missing += [f"aioice.Connection.{a}" for a in _CONNECTION_ATTRIBUTES if not hasattr(connection, a)]
-        missing += [f"aiortc.RTCDtlsTransport.{a}" for a in _DTLS_ATTRIBUTES if not hasattr(dtls, a)]
+            missing += [
+                f"aioice.Connection.{a}"
+                for a in _CONNECTION_ATTRIBUTES
+                if not hasattr(connection, a)
+            ]
+        missing += [
+            f"aiortc.RTCDtlsTransport.{a}" for a in _DTLS_ATTRIBUTES if not hasattr(dtls, a)
+        ]
         missing += _live_sender_receiver_missing(dtls)
     except Exception as exc:  # building the probes failed: that is a broken API too
         missing.append(f"probe objects ({exc.__class__.__name__}: {exc})")
@@ -89,7 +95,9 @@ def _live_sender_receiver_missing(dtls: RTCDtlsTransport) -> list[str]:
         sender = RTCRtpSender("video", dtls)
         receiver = RTCRtpReceiver("video", dtls)
     missing += [f"aiortc.RTCRtpSender.{a}" for a in _SENDER_ATTRIBUTES if not hasattr(sender, a)]
-    missing += [f"aiortc.RTCRtpReceiver.{a}" for a in _RECEIVER_ATTRIBUTES if not hasattr(receiver, a)]
+    missing += [
+        f"aiortc.RTCRtpReceiver.{a}" for a in _RECEIVER_ATTRIBUTES if not hasattr(receiver, a)
+    ]
     return missing
 
 
@@ -171,7 +179,9 @@ def sender_ssrcs(sender: RTCRtpSender) -> tuple[int, int]:
     return sender._ssrc, sender._rtx_ssrc
 
 
-def hook_sender_start(sender: RTCRtpSender, on_start: Callable[[RTCRtpSendParameters], None]) -> None:
+def hook_sender_start(
+    sender: RTCRtpSender, on_start: Callable[[RTCRtpSendParameters], None]
+) -> None:
     """`on_start(parameters)` once aiortc starts the sender (DTLS is connected by then)."""
     original = sender.send
 

@@ -15,7 +15,7 @@ import time
 from typing import TYPE_CHECKING, Callable
 
 from .aiortc_hooks import SendPath
-from .rtp import HEADER, U16, seq_newer, wrap_rtx
+from .rtp import HEADER, U16, wrap_rtx
 
 if TYPE_CHECKING:
     from .producer import Producer
@@ -297,11 +297,13 @@ class Consumer:
             rtp_out = (rtp_ts + int(elapsed * self.clock_rate) + self.ts_off) & 0xFFFFFFFF
         else:
             ntp_out = ntp_from_unix(now_wall)
-            rtp_out = (self.max_ts + int((now_mono - self.last_time) * self.clock_rate)) & 0xFFFFFFFF
+            elapsed = now_mono - self.last_time
+            rtp_out = (self.max_ts + int(elapsed * self.clock_rate)) & 0xFFFFFFFF
         return ntp_out, rtp_out, self.packets & 0xFFFFFFFF, self.octets & 0xFFFFFFFF
 
     def __repr__(self) -> str:
-        return f"Consumer({self.producer.user_id}/{self.producer.kind} -> {self.subscriber_id} mid={self.mid})"
+        source = f"{self.producer.user_id}/{self.producer.kind}"
+        return f"Consumer({source} -> {self.subscriber_id} mid={self.mid})"
 
 
 __all__ = ["Consumer", "HISTORY_SIZE", "SendParameters", "StreamState"]

@@ -76,14 +76,16 @@ def choose_codec(offer: SessionDescription) -> tuple[int, CodecChoice]:
             raise MediaError(
                 400,
                 "unsupported_codec",
-                f"no supported video codec offered (VP8 or H.264 packetization-mode=1); got {offered}",
+                "no supported video codec offered (VP8 or H.264 packetization-mode=1); "
+                f"got {offered}",
             )
         chosen = base[0]
         rtx = next(
             (
                 c.payloadType
                 for c in common
-                if c.mimeType.lower() == "video/rtx" and c.parameters.get("apt") == chosen.payloadType
+                if c.mimeType.lower() == "video/rtx"
+                and c.parameters.get("apt") == chosen.payloadType
             ),
             None,
         )

@@ -103,7 +103,9 @@ class Router:
         was_closed = producer.closed
         await producer.close()  # consumers end: their subscribers get a re-offer
         if announce and not was_closed:
-            self._send(ProducerStateChanged(self.meeting_id, producer.user_id, producer.kind, False))
+            self._send(
+                ProducerStateChanged(self.meeting_id, producer.user_id, producer.kind, False)
+            )
         log.info("producer closed meeting=%s user=%s kind=%s", self.meeting_id, producer.user_id,
                  producer.kind)
 

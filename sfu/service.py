@@ -180,7 +180,8 @@ class LocalMediaService:
 
     async def close(self) -> None:
         self.closed = True
-        for meeting_id in list(self._routers) + [m for m in self._bridges if m not in self._routers]:
+        meetings = list(self._routers) + [m for m in self._bridges if m not in self._routers]
+        for meeting_id in meetings:
             await self.close_meeting(meeting_id)
 
     def stats(self) -> dict[str, int]:

@@ -138,7 +138,9 @@ class SubscriberTransport:
 
     # --- subscriptions ----------------------------------------------------------------------
 
-    async def update(self, subscribe: list[Producer], unsubscribe: list[tuple[str, str]]) -> str | None:
+    async def update(
+        self, subscribe: list[Producer], unsubscribe: list[tuple[str, str]]
+    ) -> str | None:
         """Apply a subscription change; the new offer, or None when nothing changed."""
         async with self._lock:
             if self.closed:
