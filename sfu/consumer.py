@@ -213,11 +213,11 @@ class Consumer:
         abs3: bytes,
         keyframe: bool,
         now: float,
-    ) -> None:
-        """Forward one packet of the producer (already split by the producer)."""
+    ) -> bool:
+        """Forward one packet of the producer (already split by the producer); True if sent."""
         if ssrc != self.src_ssrc or self.waiting_keyframe:
             if self.paused or not self.bound:
-                return
+                return False
             if not keyframe:
                 self.dropped += 1
                 if ssrc != self.src_ssrc:
@@ -225,7 +225,7 @@ class Consumer:
                 if now - self.last_keyframe_request > KEYFRAME_RETRY_SECONDS:
                     self.last_keyframe_request = now
                     self.producer.request_keyframe()
-                return
+                return False
             # Start or switch on a keyframe: continue the subscriber's sequence and timeline.
             self.src_ssrc = ssrc
             self.waiting_keyframe = False
@@ -252,6 +252,7 @@ class Consumer:
             self.last_time = now
         self.packets += 1
         self.octets += len(payload)
+        return True
 
     # --- RTCP from the subscriber -----------------------------------------------------------
 

@@ -25,6 +25,7 @@ from aiortc.sdp import SessionDescription
 
 from . import aiortc_hooks as hooks
 from .api import MediaError, StreamKind, bad_sdp
+from .metrics import MediaStats
 from .peer import create_peer_connection, local_sdp, parse_session_description
 from .rtp import SEQ_TS, U32, abs_send_time_bytes, keyframe_detector, payload_offset, unwrap_rtx
 
@@ -160,6 +161,7 @@ class Producer:
         "_on_active",
         "_on_peer_lost",
         "_closing_pc",
+        "stats",
     )
 
     def __init__(
@@ -171,7 +173,10 @@ class Producer:
         taps: list[Callable[..., None]],
         on_active: Callable[[Producer], None],
         on_peer_lost: Callable[[Producer], None],
+        stats: MediaStats | None = None,
     ) -> None:
+        self.stats = stats if stats is not None else MediaStats()
+        self.stats.producers[kind] += 1
         self.id = str(uuid.uuid4())
         self.meeting_id = meeting_id
         self.user_id = user_id
@@ -272,6 +277,9 @@ class Producer:
             raise ValueError("the video m-line was not matched")
 
     def _attach(self, pc: RTCPeerConnection, transceiver: RTCRtpTransceiver) -> None:
+        from .transport import watch_pc_states
+
+        watch_pc_states(pc, self.stats)
         self.pc = pc
         self.receiver = transceiver.receiver
         hooks.disable_reassembly(transceiver.receiver)
@@ -311,6 +319,10 @@ class Producer:
         else:
             return
         self.packets += 1
+        stats = self.stats
+        kind = self.kind
+        stats.rtp_packets_in[kind] += 1
+        stats.rtp_bytes_in[kind] += len(data)
         if not self.active:
             self.active = True
             self._on_active(self)
@@ -330,12 +342,18 @@ class Producer:
         abs3 = abs_send_time_bytes()
         b0 = data[0]
         b1 = data[1]
+        sent = 0
         for consumer in consumers:
             try:
-                consumer.forward(b0, b1, seq, ts, ssrc, payload, abs3, keyframe, now)
+                if consumer.forward(b0, b1, seq, ts, ssrc, payload, abs3, keyframe, now):
+                    sent += 1
             except Exception as exc:  # one subscriber's failure must not stop the others
                 consumer.dropped += 1
                 log.debug("forward failed %r: %s", consumer, exc)
+        if sent:
+            stats.rtp_packets_out[kind] += sent
+            stats.rtp_bytes_out[kind] += sent * len(data)
+            stats.forwarding_seconds.observe(time.monotonic() - now)
 
     def _new_source(self, ssrc: int) -> None:
         if self.ssrc >= 0:
@@ -380,6 +398,7 @@ class Producer:
             return
         self.last_keyframe_request = now
         self.keyframe_requests += 1
+        self.stats.keyframe_requests_sent += 1
         task = asyncio.ensure_future(hooks.send_pli(self.receiver, self.ssrc))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -391,6 +410,7 @@ class Producer:
         if self.closed:
             return
         self.closed = True
+        self.stats.producers[self.kind] -= 1
         if self._keyframe_timer is not None:
             self._keyframe_timer.cancel()
             self._keyframe_timer = None

@@ -19,6 +19,7 @@ from .api import (
     SubscribedStream,
     SubscriberOffer,
 )
+from .metrics import MediaStats
 from .producer import Producer, choose_codec, parse_offer
 from .transport import SubscriberTransport
 
@@ -31,8 +32,14 @@ Tap = Callable[[str, StreamKind, str, int, int, bytes], None]
 class Router:
     """One meeting's media plane (see module docstring)."""
 
-    def __init__(self, meeting_id: str, emit: Callable[[MediaEvent], None]) -> None:
+    def __init__(
+        self,
+        meeting_id: str,
+        emit: Callable[[MediaEvent], None],
+        stats: MediaStats | None = None,
+    ) -> None:
         self.meeting_id = meeting_id
+        self.stats = stats if stats is not None else MediaStats()
         self.producers: dict[tuple[str, StreamKind], Producer] = {}
         self.subscribers: dict[str, SubscriberTransport] = {}
         self.closed = False
@@ -82,8 +89,13 @@ class Router:
                 self._taps,
                 on_active=self._producer_active,
                 on_peer_lost=self._producer_peer_lost,
+                stats=self.stats,
             )
-            answer = await producer.answer(description, index, codec)
+            try:
+                answer = await producer.answer(description, index, codec)
+            except BaseException:
+                await producer.close()
+                raise
             if self.closed:
                 await producer.close()
                 raise MediaError(409, "closed", "the meeting media is closed")
@@ -139,7 +151,11 @@ class Router:
                 if not wanted:
                     return None
                 transport = SubscriberTransport(
-                    self.meeting_id, user_id, self._subscriber_offer, self._subscriber_peer_lost
+                    self.meeting_id,
+                    user_id,
+                    self._subscriber_offer,
+                    self._subscriber_peer_lost,
+                    self.stats,
                 )
                 self.subscribers[user_id] = transport
             return await transport.update(wanted, gone)
@@ -211,7 +227,7 @@ class Router:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    def stats(self) -> dict[str, int]:
+    def counts(self) -> dict[str, int]:
         consumers = sum(len(t.consumers) for t in self.subscribers.values())
         return {"producers": len(self.producers), "subscribers": len(self.subscribers),
                 "consumers": consumers}

@@ -23,6 +23,7 @@ from .api import (
     SubscribedStream,
     TalkingChanged,
 )
+from .metrics import MediaStats, measure_loop_lag
 from .router import Router
 
 log = logging.getLogger("meeting_sfu.sfu.service")
@@ -44,6 +45,8 @@ class LocalMediaService:
         self._routers: dict[str, Router] = {}
         self._bridges: dict[str, Any] = {}
         self._audio_settings = audio_settings
+        self.stats = MediaStats()  # read by the control plane's /metrics collector
+        self._lag_task: Any = None
         self.closed = False
 
     @classmethod
@@ -81,7 +84,11 @@ class LocalMediaService:
             raise MediaError(503, "closed", "the media service is closed")
         router = self._routers.get(meeting_id)
         if router is None or router.closed:
-            router = self._routers[meeting_id] = Router(meeting_id, self._emit)
+            router = self._routers[meeting_id] = Router(meeting_id, self._emit, self.stats)
+        if self._lag_task is None:
+            import asyncio
+
+            self._lag_task = asyncio.ensure_future(measure_loop_lag(self.stats))
         return router
 
     async def open_meeting(self, meeting_id: str) -> None:
@@ -180,14 +187,17 @@ class LocalMediaService:
 
     async def close(self) -> None:
         self.closed = True
+        if self._lag_task is not None:
+            self._lag_task.cancel()
         meetings = list(self._routers) + [m for m in self._bridges if m not in self._routers]
         for meeting_id in meetings:
             await self.close_meeting(meeting_id)
 
-    def stats(self) -> dict[str, int]:
+    def counts(self) -> dict[str, int]:
+        """Live objects: meetings, producers, subscribers (receive PCs), consumers."""
         out = {"meetings": len(self._routers), "producers": 0, "subscribers": 0, "consumers": 0}
         for router in self._routers.values():
-            for k, v in router.stats().items():
+            for k, v in router.counts().items():
                 out[k] += v
         return out
 

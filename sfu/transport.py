@@ -31,6 +31,7 @@ from aiortc.rtp import (
 from . import aiortc_hooks as hooks
 from .api import MediaError, StreamKind, SubscribedStream, bad_sdp
 from .consumer import Consumer, SendParameters, StreamState
+from .metrics import MediaStats
 from .peer import create_peer_connection, local_sdp, parse_session_description
 from .rtp import ABS_SEND_TIME_URI, MID_URI, extension_block
 
@@ -93,6 +94,19 @@ def set_msids(sdp: str, stream_ids: dict[int, str]) -> str:
     return "\r\n".join(out)
 
 
+def watch_pc_states(pc: RTCPeerConnection, stats: MediaStats) -> None:
+    """Keep `stats.peer_connections` (current PCs by state) up to date for this PC."""
+    last: list[str | None] = [pc.connectionState]
+    stats.pc_state_changed(None, pc.connectionState)
+
+    @pc.on("connectionstatechange")
+    def on_state() -> None:
+        new = pc.connectionState
+        # A closed PC is gone: it leaves the gauge instead of piling up under "closed".
+        stats.pc_state_changed(last[0], None if new == "closed" else new)
+        last[0] = None if new == "closed" else new
+
+
 class SubscriberTransport:
     """The receive PC of one participant (see module docstring)."""
 
@@ -102,7 +116,9 @@ class SubscriberTransport:
         user_id: str,
         on_offer: Callable[[SubscriberTransport, str], None],
         on_peer_lost: Callable[[SubscriberTransport], None],
+        stats: MediaStats | None = None,
     ) -> None:
+        self.stats = stats if stats is not None else MediaStats()
         self.meeting_id = meeting_id
         self.user_id = user_id
         self.pc: RTCPeerConnection | None = None
@@ -175,11 +191,13 @@ class SubscriberTransport:
         if slot.params is not None:
             consumer.bind(slot.params)
         producer.add_consumer(consumer)
+        self.stats.consumers[producer.kind] += 1
 
     def _new_slot(self, codec: CodecChoice) -> Slot:
         if self.pc is None:
             self.pc = create_peer_connection()
             pc = self.pc
+            watch_pc_states(pc, self.stats)
 
             @pc.on("connectionstatechange")
             def on_state() -> None:
@@ -197,6 +215,7 @@ class SubscriberTransport:
         return slot
 
     def _consumer_closed(self, consumer: Consumer) -> None:
+        self.stats.consumers[consumer.producer.kind] -= 1
         for slot in self.slots:
             if slot.consumer is consumer:
                 consumer.save_state(slot.state)
@@ -310,11 +329,16 @@ class SubscriberTransport:
         """RTCP from the subscriber about this m-line; True when fully handled here."""
         consumer = slot.consumer
         if isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
+            self.stats.nacks_received += len(packet.lost)
             if consumer is not None:
-                consumer.retransmit(packet.lost)
+                self.stats.retransmissions += consumer.retransmit(packet.lost)
             return True
         if isinstance(packet, RtcpPsfbPacket):
             if packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
+                if packet.fmt == RTCP_PSFB_PLI:
+                    self.stats.plis_received += 1
+                else:
+                    self.stats.firs_received += 1
                 if consumer is not None:
                     consumer.request_keyframe()
             elif packet.fmt == RTCP_PSFB_APP:

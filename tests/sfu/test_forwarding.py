@@ -26,6 +26,12 @@ async def test_one_publisher_three_subscribers_decode_matching_frames(service, e
         for sub, mid in zip(subs, mids):
             received = await sub.wait_frames(mid, 20)
             assert_counters_match(received, pub.track.count)
+        stats = service.stats
+        assert stats.producers["video"] == 1 and stats.consumers["video"] == 3
+        assert stats.rtp_packets_out["video"] >= 3 * 20
+        assert stats.peer_connections["connected"] == 4
+        await service.close_meeting(MEETING)
+        assert stats.producers["video"] == 0 and stats.consumers["video"] == 0
     finally:
         for sub in subs:
             await sub.close()
