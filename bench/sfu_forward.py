@@ -72,6 +72,20 @@ async def serve(port_file: str) -> None:
             writer.write((json.dumps(out) + "\n").encode())
             await writer.drain()
 
+    profile_to = os.environ.get("SFU_BENCH_PROFILE")
+    if profile_to:
+        import cProfile
+        import signal
+
+        profiler = cProfile.Profile()
+        profiler.enable()
+
+        def dump() -> None:
+            profiler.disable()
+            profiler.dump_stats(profile_to)
+            os._exit(0)
+
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, dump)
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     with open(port_file, "w") as f:
@@ -197,6 +211,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     from sfu.peer import IceSettings, configure_ice
 
     configure_ice(IceSettings(addresses=("127.0.0.1",)))
+    # The publisher's VP8 encoder starts at this bitrate (REMB may move it within 0.25-1.5
+    # Mbit/s); 1.2 Mbit/s is a usual 640x480 webcam stream, about 130 packets/s.
+    import aiortc.codecs.vpx
+
+    aiortc.codecs.vpx.DEFAULT_BITRATE = args.bitrate
     port_file = f"/tmp/sfu-bench-{os.getpid()}.port"
     child = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bench.sfu_forward", "--serve", port_file,
@@ -289,6 +308,7 @@ def main() -> None:
     parser.add_argument("--full", type=int, default=2, help="subscribers that decode (the rest count RTP)")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=4.0)
+    parser.add_argument("--bitrate", type=int, default=1_200_000, help="publisher start bitrate")
     parser.add_argument("--audio", action="store_true", help="also send Opus to the audio bridge")
     parser.add_argument("--verbose", action="store_true")
     parser.add_argument("--serve", metavar="PORT_FILE", help=argparse.SUPPRESS)
