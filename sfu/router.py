@@ -207,8 +207,9 @@ class Router:
             await transport.close()
         for producer in producers:
             await producer.close()
-        for task in list(self._background):
-            task.cancel()
+        if self._background:
+            # Let closes already under way finish (cancelling aiortc's close midway breaks it).
+            await asyncio.wait(list(self._background), timeout=5)
 
     # --- helpers ----------------------------------------------------------------------------
 
