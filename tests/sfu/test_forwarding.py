@@ -137,3 +137,34 @@ async def test_no_video_decoder_or_encoder_is_created_by_the_server(service, eve
         for sub in [*light, viewer]:
             await sub.close()
         await pub.close()
+
+
+async def test_rtcp_sender_reports_to_subscribers_and_receiver_reports_to_publishers(service):
+    pub = Publisher()
+    sub = Subscriber()
+    try:
+        await bounded(pub.publish(service, MEETING, "alice"))
+        (stream,) = await subscribe(service, sub, "bob", [ref("alice")])
+        await sub.wait_frames(stream.mid, 10)
+        receiver = sub.pc.getTransceivers()[0].receiver
+        sender = pub.pc.getTransceivers()[0].sender
+
+        async def reported(obj, type_: str) -> list:
+            stats = await obj.getStats()
+            return [s for s in stats.values() if s.type == type_]
+
+        async def wait_reports() -> None:
+            while True:
+                sr = await reported(receiver, "remote-outbound-rtp")
+                rr = await reported(sender, "remote-inbound-rtp")
+                if sr and sr[0].packetsSent > 0 and rr:
+                    return
+                await asyncio.sleep(0.1)
+
+        await bounded(wait_reports(), 5)
+        consumer = router(service).subscribers["bob"].consumers[0]
+        sr = (await reported(receiver, "remote-outbound-rtp"))[0]
+        assert 0 < sr.packetsSent <= consumer.packets
+    finally:
+        await sub.close()
+        await pub.close()
