@@ -2,8 +2,8 @@
 
 Video and screen go through the meeting's Router (RTP pass-through). Audio is delegated to
 `sfu.audio.AudioBridge`, imported lazily so the SFU works while that package is absent (its
-methods then answer 501). Recording is not available yet (501); the Router's tap API is the
-hook a recorder will use.
+methods then answer 501). Recording attaches a `recorder.MeetingRecording` to the Router's tap
+(every producer's RTP) and to the bridge's mix tap (the encoded mix of everyone).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from .api import (
     SubscribedStream,
     TalkingChanged,
 )
-from .metrics import MediaStats, measure_loop_lag
+from .metrics import MediaStats
 from .router import Router
 
 log = logging.getLogger("meeting_sfu.sfu.service")
@@ -46,7 +46,7 @@ class LocalMediaService:
         self._bridges: dict[str, Any] = {}
         self._audio_settings = audio_settings
         self.stats = MediaStats()  # read by the control plane's /metrics collector
-        self._lag_task: Any = None
+        self._recordings: dict[str, Any] = {}
         self.closed = False
 
     @classmethod
@@ -85,16 +85,15 @@ class LocalMediaService:
         router = self._routers.get(meeting_id)
         if router is None or router.closed:
             router = self._routers[meeting_id] = Router(meeting_id, self._emit, self.stats)
-        if self._lag_task is None:
-            import asyncio
-
-            self._lag_task = asyncio.ensure_future(measure_loop_lag(self.stats))
         return router
 
     async def open_meeting(self, meeting_id: str) -> None:
         self.router(meeting_id)
 
     async def close_meeting(self, meeting_id: str) -> None:
+        recording = self._recordings.pop(meeting_id, None)
+        if recording is not None:
+            recording.detach()  # the control plane finalises it first; this is a safety net
         router = self._routers.pop(meeting_id, None)
         bridge = self._bridges.pop(meeting_id, None)
         if router is not None:
@@ -165,6 +164,9 @@ class LocalMediaService:
             self._emit(TalkingChanged(meeting_id, user_id, is_talking))
 
         bridge = self._bridges[meeting_id] = audio.AudioBridge(meeting_id, on_talking, settings)
+        recording = self._recordings.get(meeting_id)
+        if recording is not None:
+            recording.attach_bridge(bridge)
         return bridge
 
     async def audio_offer(self, meeting_id: str, user_id: str, offer_sdp: str) -> str:
@@ -178,17 +180,27 @@ class LocalMediaService:
     # --- recording --------------------------------------------------------------------------
 
     async def start_recording(self, meeting_id: str, work_path: str) -> None:
-        raise _not_implemented("recording not available yet")
+        if meeting_id in self._recordings:
+            return
+        from recorder.meeting import MeetingRecording
+
+        recording = MeetingRecording(self.router(meeting_id), work_path, self.stats)
+        bridge = self._bridges.get(meeting_id)
+        if bridge is not None:
+            recording.attach_bridge(bridge)
+        self._recordings[meeting_id] = recording
 
     async def stop_recording(self, meeting_id: str, final_path: str) -> RecordingResult | None:
-        raise _not_implemented("recording not available yet")
+        recording = self._recordings.pop(meeting_id, None)
+        if recording is None:
+            return None
+        size = await recording.finalize(final_path)
+        return RecordingResult(final_path, size)
 
     # --- service ----------------------------------------------------------------------------
 
     async def close(self) -> None:
         self.closed = True
-        if self._lag_task is not None:
-            self._lag_task.cancel()
         meetings = list(self._routers) + [m for m in self._bridges if m not in self._routers]
         for meeting_id in meetings:
             await self.close_meeting(meeting_id)

@@ -96,11 +96,6 @@ async def test_unpublish_and_remove_of_unknown_things_are_no_ops(service):
     await bounded(service.close_meeting(MEETING))
 
 
-async def test_recording_is_not_available_yet(service):
-    await _expect(501, service.start_recording(MEETING, "/tmp/x.mkv"))
-    await _expect(501, service.stop_recording(MEETING, "/tmp/x.mkv"))
-
-
 def test_private_api_check_names_what_is_missing(monkeypatch):
     aiortc_hooks.check_private_api()
     from aiortc import RTCDtlsTransport
