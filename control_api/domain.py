@@ -788,6 +788,9 @@ class MeetingService:
         except MediaError as exc:
             log.error("recording finalisation failed meeting=%s error=%s", meeting_id, exc.message)
             result = None
+        except Exception:  # a muxer bug must not leave the meeting stuck (nor stop a stop)
+            log.exception("recording finalisation failed meeting=%s", meeting_id)
+            result = None
         live.recording = None
         self.store.finish_recording(
             rec.id,
