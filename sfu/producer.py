@@ -155,6 +155,7 @@ class Producer:
         "last_keyframe_request",
         "keyframe_requests",
         "packets",
+        "max_seq",
         "_keyframe_timer",
         "_tasks",
         "_taps",
@@ -196,6 +197,7 @@ class Producer:
         self.last_keyframe_request = -1e9
         self.keyframe_requests = 0
         self.packets = 0
+        self.max_seq = -1  # highest sequence number seen, for loss accounting
         self._keyframe_timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._taps = taps  # the router's list, shared
@@ -305,6 +307,15 @@ class Producer:
             offset = payload_offset(data)
             if offset < 0:
                 return
+            seq = data[2] << 8 | data[3]
+            if self.max_seq < 0:
+                self.max_seq = seq
+            else:
+                delta = (seq - self.max_seq) & 0xFFFF
+                if delta < 0x8000:
+                    if delta > 1:
+                        self.stats.packets_lost[self.kind] += delta - 1
+                    self.max_seq = seq
         elif pt == self.rtx_pt:
             if self.ssrc < 0:
                 return
@@ -360,6 +371,7 @@ class Producer:
             log.info("producer source changed user=%s kind=%s", self.user_id, self.kind)
         self.ssrc = ssrc
         self.last_sr = None
+        self.max_seq = -1
 
     def _on_rtcp(self, packet: Any) -> None:
         if isinstance(packet, RtcpSrPacket) and packet.ssrc == self.ssrc:

@@ -22,6 +22,7 @@ from aiortc.rtp import (
     RTCP_PSFB_PLI,
     RTCP_RTPFB_NACK,
     RtcpPsfbPacket,
+    RtcpRrPacket,
     RtcpRtpfbPacket,
     RtcpSenderInfo,
     RtcpSrPacket,
@@ -33,7 +34,7 @@ from .api import MediaError, StreamKind, SubscribedStream, bad_sdp
 from .consumer import Consumer, SendParameters, StreamState
 from .metrics import MediaStats
 from .peer import create_peer_connection, local_sdp, parse_session_description
-from .rtp import ABS_SEND_TIME_URI, MID_URI, extension_block
+from .rtp import ABS_SEND_TIME_URI, MID_URI, extension_block, ntp_from_unix
 
 if TYPE_CHECKING:
     from .producer import CodecChoice, Producer
@@ -347,7 +348,21 @@ class SubscriberTransport:
                 except ValueError:
                     pass
             return True
-        return False  # receiver reports: aiortc keeps its statistics
+        if isinstance(packet, (RtcpRrPacket, RtcpSrPacket)) and slot.params is not None:
+            self._observe_reports(slot, packet.reports)
+        return False  # receiver reports: aiortc keeps its statistics too
+
+    def _observe_reports(self, slot: Slot, reports: list[Any]) -> None:
+        """RTT (from LSR/DLSR) and jitter of what this m-line sent, for the metrics."""
+        for report in reports:
+            if report.ssrc != slot.params.ssrc:
+                continue
+            self.stats.jitter_seconds.observe(report.jitter / 90000)
+            if report.lsr:
+                middle = (ntp_from_unix(time.time()) >> 16) & 0xFFFFFFFF
+                rtt = ((middle - report.lsr - report.dlsr) & 0xFFFFFFFF) / 65536
+                if rtt < 60:
+                    self.stats.rtt_seconds.observe(rtt)
 
     def _slot_report(self, slot: Slot, packets: list[Any]) -> None:
         """Fill the idle sender's SR with what this m-line really sent."""
