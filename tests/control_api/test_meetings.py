@@ -414,3 +414,42 @@ async def test_join_body_is_validated(cast):
     assert (await olga.call("GET", f"/meetings/{mid}"))[1]["participants"] == []
     assert JOIN  # the valid body, for contrast
     assert await olga.join(mid) == (200, {"status": "ACCEPTED"})
+
+
+async def test_media_calls_answer_501_when_the_media_plane_is_unavailable(tmp_path):
+    """The app's own stand-in for a media plane that cannot be loaded: the control plane keeps
+    working, and each media call reaches it only after every control-plane check passed."""
+    from control_api.app import UnavailableMedia
+    from tests.helpers import start_server
+
+    server = await start_server(tmp_path, media=UnavailableMedia())
+    try:
+        room = new_id()
+        olga = await user(server, {room: "owner"})
+        max_ = await user(server, {room: "member"})
+        meeting = await started_meeting(olga, room)
+        mid = meeting["id"]
+        await olga.join(mid)
+        await max_.join(mid)
+        for method, tail, body in [
+            ("PUT", "media", {"type": "video", "enabled": True, "sdp": "v=0"}),
+            ("PUT", "media/answer", {"sdp": "v=0"}),
+            ("PUT", "media/subscribe", {"subscribe": [{"userId": olga.id, "type": "video"}], "unsubscribe": []}),
+            ("PUT", "audio/offer", {"sdp": "v=0"}),
+        ]:
+            status, err = await max_.call(method, f"/meetings/{mid}/{tail}", body)
+            assert status == 501 and is_error(err), (tail, status, err)
+        status, err = await olga.call("POST", f"/meetings/{mid}/startRecording")
+        assert status == 501 and is_error(err)
+        status, err = await max_.call("POST", f"/meetings/{mid}/startRecording")
+        assert status == 403  # rights first
+        status, body = await olga.call("GET", f"/meetings/{mid}")
+        assert "recStartedAt" not in body
+        assert all(not p["videoStreamEnabled"] for p in body["participants"])
+        await max_.ws.settle()
+        assert of(max_.ws, "MEETING_SDP_ANSWERED") == [] and of(max_.ws, "MEETING_RECORDING_STARTED") == []
+        assert await max_.leave(mid) == (204, None)
+        assert await olga.leave(mid) == (204, None)
+        await max_.ws.wait("MEETING_STOPPED")
+    finally:
+        await server.stop()
