@@ -250,26 +250,45 @@ def _interleave(streams: list, out: av.container.OutputContainer) -> None:
 
 def merge_parts(work_dir: Path, final_path: Path) -> int:
     """Mux every readable part of `work_dir` into `final_path` (one track per part), then
-    remove the parts. Unreadable tails of crashed parts are cut where they break."""
+    remove the parts; returns the file's size. Unreadable tails of crashed parts are cut where
+    they break. With nothing recorded (no part has a packet) no file is made and 0 returned."""
+    sources = []
+    for path in part_files(work_dir):
+        try:
+            src = av.open(str(path))
+        except (av.error.FFmpegError, OSError) as exc:
+            log.warning("recording part unreadable path=%s error=%s", path, exc)
+            continue
+        if not src.streams:
+            src.close()
+            continue
+        sources.append((path, src))
+    size = 0
+    try:
+        if sources:
+            size = _merge(sources, final_path)
+    finally:
+        for _, src in sources:
+            src.close()
+    for path in [*work_dir.glob("*.mkv"), *work_dir.glob("*.ts"), *work_dir.glob("*.json")]:
+        path.unlink(missing_ok=True)
+    try:
+        work_dir.rmdir()
+    except OSError:
+        pass
+    return size
+
+
+def _merge(sources: list, final_path: Path) -> int:
     final_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = final_path.with_name(final_path.name + ".partial")
     out = av.open(str(tmp), "w", format="matroska")
-    inputs = []
     streams = []
     try:
-        for path in part_files(work_dir):
-            try:
-                src = av.open(str(path))
-            except (av.error.FFmpegError, OSError) as exc:
-                log.warning("recording part unreadable path=%s error=%s", path, exc)
-                continue
-            if not src.streams:
-                src.close()
-                continue
+        for path, src in sources:
             s = src.streams[0]
             if s.type == "audio":
                 dst = out.add_mux_stream("opus", rate=48000)
-                pass
             else:
                 kwargs = {}
                 if s.codec_context.width and s.codec_context.height:
@@ -278,18 +297,9 @@ def merge_parts(work_dir: Path, final_path: Path) -> int:
             title = _title(path) or src.metadata.get("title") or s.metadata.get("title")
             if title:
                 dst.metadata["title"] = title
-            inputs.append(src)
             streams.append((src, s, dst))
         _interleave(streams, out)
     finally:
         out.close()
-        for src in inputs:
-            src.close()
     os.replace(tmp, final_path)
-    for path in [*work_dir.glob("*.mkv"), *work_dir.glob("*.ts"), *work_dir.glob("*.json")]:
-        path.unlink(missing_ok=True)
-    try:
-        work_dir.rmdir()
-    except OSError:
-        pass
     return final_path.stat().st_size

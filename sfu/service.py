@@ -195,6 +195,8 @@ class LocalMediaService:
         if recording is None:
             return None
         size = await recording.finalize(final_path)
+        if size == 0:
+            return None  # nothing was recorded: no file
         return RecordingResult(final_path, size)
 
     # --- service ----------------------------------------------------------------------------

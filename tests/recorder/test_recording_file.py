@@ -145,3 +145,11 @@ def test_killed_recording_leaves_decodable_files(tmp_path):
     assert size > 0
     streams = _count(tmp_path / "recovered.mkv")
     assert streams["v"][2] >= 40 and streams["audio mix"][1] >= 30
+
+
+def test_nothing_recorded_makes_no_file(tmp_path):
+    rec = Recording(tmp_path / "work")
+    rec.add_video_track("a", "VP8", "a", lambda: None)  # announced, but no packet came
+    assert rec.finalize(tmp_path / "out" / "empty.mkv") == 0
+    assert not (tmp_path / "out" / "empty.mkv").exists()
+    assert not (tmp_path / "work").exists()
