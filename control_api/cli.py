@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import signal
 import sys
 import time
 
@@ -47,8 +48,6 @@ def setup_logging(level: str, fmt: str) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from aiohttp import web
-
     from .app import create_app
 
     config = load_config(args.config)
@@ -56,15 +55,37 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         import uvloop
 
-        uvloop.install()
+        run = uvloop.run
     except ImportError:  # pragma: no cover - uvloop is a dependency; stay usable without it
         logging.getLogger("meeting_sfu").warning("uvloop unavailable, using asyncio's loop")
+        run = asyncio.run
     app = create_app(config)
     logging.getLogger("meeting_sfu").info(
         "serving host=%s port=%s data_dir=%s", config.server.host, config.server.port, config.data_path
     )
-    web.run_app(app, host=config.server.host, port=config.server.port, print=None, access_log=None)
+    run(_run(app, config.server.host, config.server.port))
     return 0
+
+
+async def _run(app, host: str, port: int) -> None:  # noqa: ANN001
+    """Serve until SIGINT or SIGTERM, then shut down cleanly (sockets, media, store)."""
+    from aiohttp import web
+
+    from .runner import AppRunner
+
+    runner = AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        await stop.wait()
+    finally:
+        logging.getLogger("meeting_sfu").info("shutting down")
+        await runner.cleanup()
 
 
 def _room(value: str) -> tuple[str, str]:

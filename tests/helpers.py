@@ -17,6 +17,7 @@ from control_api.app import create_app
 from control_api.auth import TokenAuthority
 from control_api.config import Config
 from control_api.keys import TOKENS
+from control_api.runner import AppRunner
 
 SECRET = "test-secret-0123456789-0123456789-0123456789"
 
@@ -180,7 +181,7 @@ async def start_server(tmp_path, media=None, **sections: dict[str, Any]) -> Serv
         overrides.setdefault(name, {}).update(values)
     config = Config().with_overrides(overrides)
     app = create_app(config, media=media)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    runner = AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
