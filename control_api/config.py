@@ -71,6 +71,7 @@ class LoggingSettings:
 @dataclass(frozen=True)
 class DemoSettings:
     enabled: bool = True
+    remote_tokens: bool = False
 
 
 @dataclass(frozen=True)
