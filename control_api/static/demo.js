@@ -387,7 +387,8 @@ function showTile(key, track, label) {
     tile.dataset.key = key;
     tile.dataset.user = key.split("/")[0];
     tile.innerHTML = '<video autoplay playsinline muted></video><span class="label"></span>';
-    $("videos").append(tile);
+    if (tile.dataset.user === S.userId) $("videos").prepend(tile); // our own first
+    else $("videos").append(tile);
   }
   tile.querySelector(".label").textContent = label;
   tile.querySelector("video").srcObject = new MediaStream([track]);

@@ -310,9 +310,26 @@ async def test_two_browsers_see_each_other(server, browser):
     await alice.screenshot("video")
     await bob.screenshot("video")
 
-    # Bob leaves: his tile and his name go from Alice's page.
+    # Alice turns her camera off and on: Bob's receive PC is renegotiated each time (the m-line
+    # goes inactive, then is reused under the same msid), and her video comes back.
+    alice_tile = f'.tile[data-key="{alice.user_id}/video"]'
+    await alice.click("#camera")
+    await bob.page.wait_for_selector(alice_tile, state="detached")
+    await alice.click("#camera")
+    await bob.page.wait_for_selector(alice_tile)
+    await grows(bob, "video", "framesDecoded")
+
+    # Bob shares his screen: Alice gets a second stream, placed as "<bob>/screen".
+    await bob.click("#screen")
+    await alice.page.wait_for_selector(f'.tile[data-key="{bob.user_id}/screen"]')
+    videos = await grows(alice, "video", "framesDecoded")
+    assert len(videos) == 2, videos
+    await asyncio.sleep(0.5)  # a few frames painted for the screenshot
+    await alice.screenshot("screen")
+
+    # Bob leaves: his tiles and his name go from Alice's page.
     await bob.click("#leave")
-    await alice.page.wait_for_selector(f'.tile[data-key="{bob.user_id}/video"]', state="detached")
+    await alice.page.wait_for_selector(f'.tile[data-user="{bob.user_id}"]', state="detached")
     await alice.wait_participants({alice.user_id})
     alice.check_no_page_errors()
     bob.check_no_page_errors()
