@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
+import av
 import pytest
 
 from tests.helpers import ServerHandle, new_id, start_server
@@ -85,7 +87,7 @@ class User:
         page.on("pageerror", lambda exc: self.errors.append(f"pageerror: {exc}"))
 
     @classmethod
-    async def open(cls, browser: Any, url: str, name: str) -> "User":
+    async def open(cls, browser: Any, url: str, name: str) -> User:
         # The page's CSP forbids eval, which playwright's polling waits use: let the test in.
         context = await browser.new_context(
             viewport={"width": 1280, "height": 860}, bypass_csp=True
@@ -326,6 +328,26 @@ async def test_two_browsers_see_each_other(server, browser):
     assert len(videos) == 2, videos
     await asyncio.sleep(0.5)  # a few frames painted for the screenshot
     await alice.screenshot("screen")
+
+    # Alice (the moderator) records a moment of it, under the name and folder she typed.
+    await alice.page.fill("#recName", "standup")
+    await alice.page.fill("#recFolder", "team")
+    await alice.click("#record")
+    await alice.page.wait_for_selector("#recording", state="visible")
+    await bob.page.wait_for_selector("#recording", state="visible")  # everyone is told
+    await asyncio.sleep(1.5)
+    await alice.click("#record")
+    await alice.page.wait_for_selector("#recording", state="hidden")
+    recording = server.config.recording_path / "team" / "standup.mkv"
+    for _ in range(50):
+        if recording.exists() and recording.stat().st_size > 0:
+            break
+        await asyncio.sleep(0.1)
+    assert recording.exists() and recording.stat().st_size > 10_000, (
+        f"no recording at {recording}: {await alice.log_text()}"
+    )
+    with av.open(str(recording)) as container:  # Alice's camera, Bob's camera and screen
+        assert len(container.streams.video) == 3, container.streams
 
     # Bob leaves: his tiles and his name go from Alice's page.
     await bob.click("#leave")
