@@ -151,9 +151,10 @@ class User:
 
 
 async def host_and_guest(
-    browser: Any, server: ServerHandle, meeting_type: str
+    browser: Any, server: ServerHandle, meeting_type: str, bob_role: str = "member"
 ) -> tuple[User, User]:
-    """Alice (room owner) creates and starts a meeting and joins it; Bob opens her invite link."""
+    """Alice (room owner) creates and starts a meeting and joins it; Bob opens her invite link
+    as a member of her room, or with `bob_role="none"` as a guest who knows only the link."""
     alice = await User.open(browser, server.url + "/demo", "Alice")
     await alice.sign_in("owner")
     await alice.page.select_option("#meetingType", meeting_type)
@@ -166,7 +167,7 @@ async def host_and_guest(
     invite = await alice.page.get_attribute("#invite", "href")
     assert invite and re.search(r"/demo#room=[0-9a-f-]{36}&meeting=[0-9a-f-]{36}$", invite), invite
     bob = await User.open(browser, invite, "Bob")
-    await bob.sign_in("member")  # a member of Alice's room, invited by her link
+    await bob.sign_in(bob_role)
     await bob.page.wait_for_function("!document.getElementById('join').disabled")
     return alice, bob
 
@@ -249,7 +250,8 @@ async def test_demo_off_in_production(tmp_path):
 
 
 async def test_waiting_room_accept_then_leave(server, browser):
-    alice, bob = await host_and_guest(browser, server, "scheduled")
+    # Bob comes as a guest; once accepted he is a member of the room and sees the meeting.
+    alice, bob = await host_and_guest(browser, server, "scheduled", bob_role="none")
     await bob.click("#join")
     await bob.wait_status("waiting")
 
@@ -271,8 +273,9 @@ async def test_waiting_room_accept_then_leave(server, browser):
     bob.check_no_page_errors()
 
 
-async def test_waiting_room_reject(server, browser):
-    alice, bob = await host_and_guest(browser, server, "scheduled")
+async def test_guest_in_waiting_room_rejected(server, browser):
+    # A guest may not read the meeting: the page shows its public view and joins the queue.
+    alice, bob = await host_and_guest(browser, server, "scheduled", bob_role="none")
     await bob.click("#join")
     await bob.wait_status("waiting")
     await alice.page.click(f'#waiting li[data-user="{bob.user_id}"] button.rejected')
