@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import wave
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import av
+import numpy as np
 import pytest
 
 from tests.helpers import ServerHandle, new_id, start_server
@@ -58,15 +60,32 @@ async def server(tmp_path) -> AsyncIterator[ServerHandle]:
         await asyncio.wait_for(handle.stop(), 20)
 
 
+def tone_wav(path: Path, seconds: float = 2.0, rate: int = 48000) -> Path:
+    """A steady 440 Hz tone at -12 dBFS: Chromium's own fake microphone only beeps for 20 ms
+    every half second, too short to count as talking."""
+    t = np.arange(int(seconds * rate)) / rate
+    samples = (0.25 * 32767 * np.sin(2 * np.pi * 440 * t)).astype("<i2")
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(samples.tobytes())
+    return path
+
+
 @pytest.fixture
-async def browser() -> AsyncIterator[Any]:
+async def browser(tmp_path) -> AsyncIterator[Any]:
     if not CHROMIUM.exists():
         pytest.skip(f"Chromium is not installed at {CHROMIUM} (scripts/test installs it with apt-get)")
+    microphone = tone_wav(tmp_path / "tone.wav")
     async with playwright_api.async_playwright() as pw:
         try:
             # launch() gives the browser a fresh temporary profile of its own.
             browser = await pw.chromium.launch(
-                executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS, timeout=30000
+                executable_path=str(CHROMIUM),
+                headless=True,
+                args=[*CHROMIUM_ARGS, f"--use-file-for-fake-audio-capture={microphone}"],
+                timeout=30000,
             )
         except playwright_api.Error as exc:
             pytest.skip(f"Chromium at {CHROMIUM} does not start: {exc}")
@@ -377,6 +396,10 @@ async def test_two_browsers_hear_each_other(server, browser):
         await grows(user, "audio", "packetsReceived")
         await grows(user, "audio", "totalAudioEnergy")
     await alice.screenshot("audio")
+    # Bob's microphone plays a steady tone: Alice's page shows him talking.
+    await alice.page.wait_for_selector(
+        f'#participants li.talking[data-user="{bob.user_id}"]', timeout=10000
+    )
 
     # A moderator mutes Bob: Bob's page shows it.
     await alice.page.click(f'#participants li[data-user="{bob.user_id}"] button.mute')
