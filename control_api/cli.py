@@ -118,7 +118,16 @@ def _token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from bench.load import main as bench_main
+
+    return bench_main(args.bench_args)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:  # its own options (see `meeting-sfu bench --help`)
+        return _bench(argparse.Namespace(bench_args=argv[1:]))
     parser = argparse.ArgumentParser(prog="meeting-sfu", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the media node")
@@ -134,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     token.add_argument("--ttl", type=int, help="lifetime in seconds")
     token.set_defaults(func=_token)
+    bench = sub.add_parser("bench", help="load generator (bench/load.py)", add_help=False)
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
+    bench.set_defaults(func=_bench)
     args = parser.parse_args(argv)
     try:
         return args.func(args)
