@@ -97,7 +97,7 @@ class ServerProcess:
             })
         else:
             cmd = [sys.executable, "-m", "bench.baseline", "--port", str(self.port),
-                   "--secret", self.secret, "--bitrate", str(bitrate)]
+                   f"--secret={self.secret}", "--bitrate", str(bitrate)]
         self.log_path = self.dir / "server.log"
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self._log,
