@@ -331,7 +331,10 @@ function subscribe(subscribeList, unsubscribeList) {
   wanted.forEach((s) => S.subscribed.add(`${s.userId}/${s.type}`));
   unsubscribeList.forEach((s) => S.subscribed.delete(`${s.userId}/${s.type}`));
   S.subChain = S.subChain.then(async () => {
-    if (!S.joined) return;
+    if (!S.joined) { // an event that came before our join's answer: join() looks again
+      wanted.forEach((s) => S.subscribed.delete(`${s.userId}/${s.type}`));
+      return;
+    }
     const offered = expectEvent((e) => e.type === "MEETING_SDP_OFFERED", 3000);
     try {
       await api("PUT", meetingPath("/media/subscribe"),

@@ -156,6 +156,15 @@ class User:
                 f"{self.name} sees {await self.participants()}, expected {sorted(expected)}"
             ) from None
 
+    async def wait_tile(self, key: str, state: str = "visible") -> None:
+        """Waits for the video tile of "<userId>/<video|screen>" to be shown (or gone)."""
+        try:
+            await self.page.wait_for_selector(f'.tile[data-key="{key}"]', state=state)
+        except playwright_api.Error:
+            raise AssertionError(
+                f"{self.name}: tile {key} not {state}; page log:\n{await self.log_text()}"
+            ) from None
+
     async def inbound(self) -> dict[str, list[dict[str, Any]]]:
         return await self.page.evaluate("window.demo.inboundStats()")
 
@@ -310,15 +319,18 @@ async def test_two_browsers_see_each_other(server, browser):
     if (status := (await media_plane(server))["video"]) == 501:
         pytest.skip(f"the video media plane is not available yet (PUT /media answers {status})")
     alice, bob = await host_and_guest(browser, server, "permanent")
+    # Alice's camera is on before Bob comes: his page finds it in the meeting's participants.
+    # Bob's comes on after: Alice's page subscribes on MEETING_MEDIA_STREAM_CHANGED.
+    await alice.click("#camera")
+    await alice.page.wait_for_function("document.getElementById('camera').textContent === 'Camera off'")
     await bob.click("#join")
     await bob.wait_status("joined")
     await alice.wait_participants({alice.user_id, bob.user_id})
-    await alice.click("#camera")
     await bob.click("#camera")
 
     # Each page places the other's camera by msid "<userId>/video" and decodes it.
-    await alice.page.wait_for_selector(f'.tile[data-key="{bob.user_id}/video"]')
-    await bob.page.wait_for_selector(f'.tile[data-key="{alice.user_id}/video"]')
+    await alice.wait_tile(f"{bob.user_id}/video")
+    await bob.wait_tile(f"{alice.user_id}/video")
     for user in (alice, bob):
         (video,) = await grows(user, "video", "framesDecoded")
         assert video["frameWidth"] == 640, video
