@@ -30,8 +30,9 @@ import fractions
 import math
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import aiohttp
 import av
@@ -188,8 +189,16 @@ def sdp_sections(sdp: str) -> list[dict[str, Any]]:
 class StreamCounter:
     """RTP counters of one incoming media SSRC."""
 
-    __slots__ = ("packets", "bytes", "frames", "first_ext", "max_ext", "cycles", "last_seq",
-                 "first_frame_at")
+    __slots__ = (
+        "bytes",
+        "cycles",
+        "first_ext",
+        "first_frame_at",
+        "frames",
+        "last_seq",
+        "max_ext",
+        "packets",
+    )
 
     def __init__(self) -> None:
         self.packets = 0
@@ -280,7 +289,7 @@ class Events:
             self._changed.clear()
             try:
                 await asyncio.wait_for(self._changed.wait(), left)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def close(self) -> None:
@@ -288,7 +297,7 @@ class Events:
         if self._reader is not None:
             try:
                 await asyncio.wait_for(self._reader, 5)
-            except (asyncio.TimeoutError, asyncio.CancelledError):
+            except (TimeoutError, asyncio.CancelledError):
                 self._reader.cancel()
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import multiprocessing as mp
 import os
 import queue
@@ -115,7 +116,7 @@ class ServerProcess:
                                         timeout=aiohttp.ClientTimeout(total=2)) as r:
                         await r.read()
                         return
-                except (aiohttp.ClientError, asyncio.TimeoutError):
+                except (TimeoutError, aiohttp.ClientError):
                     await asyncio.sleep(0.1)
         raise RuntimeError(f"{self.kind} server not ready within {timeout:.0f} s: {self.log_tail()}")
 
@@ -311,8 +312,8 @@ class Progress:
 def pct(values: list[float], q: float) -> float | None:
     if not values:
         return None
-    s = sorted(values)
-    return s[min(len(s) - 1, max(0, int(round(q / 100 * len(s) + 0.5)) - 1))]
+    s = sorted(values)  # nearest rank
+    return s[min(len(s) - 1, max(0, math.ceil(q / 100 * len(s)) - 1))]
 
 
 def _r(x: float | None, nd: int = 2) -> float | None:
