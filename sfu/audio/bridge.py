@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from aiortc import RTCPeerConnection, RTCRtpTransceiver
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpSendParameters
@@ -22,7 +23,7 @@ from .. import aiortc_hooks as hooks
 from ..api import MediaError, bad_sdp
 from ..peer import create_peer_connection, local_sdp, parse_session_description
 from .clock import Ticker
-from .mixer import Member, MixOutput, Mixer, MixTap
+from .mixer import Member, Mixer, MixOutput, MixTap
 from .settings import AudioSettings
 
 log = logging.getLogger("meeting_sfu.sfu.audio")
@@ -45,7 +46,7 @@ class _IdleAudioTrack(hooks.IdleTrack):
 class _Participant:
     """A participant's place in the bridge: his mixer member, his PC and its negotiation lock."""
 
-    __slots__ = ("user_id", "member", "pc", "identity", "lock", "hooked", "sender", "wants_output")
+    __slots__ = ("hooked", "identity", "lock", "member", "pc", "sender", "user_id", "wants_output")
 
     def __init__(self, user_id: str, member: Member) -> None:
         self.user_id = user_id
@@ -246,7 +247,9 @@ class AudioBridge:
                 hooks.hook_rtp_ingress(dtls, p.member.input.on_rtp)
                 p.hooked.append(dtls)
 
-    def _sender_started(self, p: _Participant, pc: RTCPeerConnection, params: RTCRtpSendParameters) -> None:
+    def _sender_started(
+        self, p: _Participant, pc: RTCPeerConnection, params: RTCRtpSendParameters
+    ) -> None:
         if p.pc is not pc or self.closed:
             return
         p.wants_output = True
@@ -299,7 +302,7 @@ class AudioBridge:
 async def _close_pc(pc: RTCPeerConnection) -> None:
     try:
         await asyncio.wait_for(pc.close(), CLOSE_TIMEOUT)
-    except Exception:  # noqa: BLE001 - closing is best effort
+    except Exception:
         log.debug("audio pc close failed", exc_info=True)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 log = logging.getLogger("meeting_sfu.sfu.audio")
 
@@ -58,12 +58,11 @@ class Ticker:
                 n += behind
             else:
                 late = -delay
-                if late > self.late_max:
-                    self.late_max = late
+                self.late_max = max(self.late_max, late)
                 await asyncio.sleep(0)  # let packets in between catch-up ticks
             try:
                 self.on_tick(n)
-            except Exception:  # noqa: BLE001 - one bad tick must not stop the clock
+            except Exception:
                 log.exception("audio tick failed")
 
 

@@ -20,7 +20,7 @@ def level_of(samples: np.ndarray) -> int:
     if mean_square <= 0.0:
         return SILENT
     db = 10.0 * math.log10(mean_square / _FULL_SCALE_SQUARED)
-    return min(SILENT, max(0, int(round(-db))))
+    return min(SILENT, max(0, round(-db)))
 
 
 def audio_level_extension(data: bytes, ext_id: int) -> int:
@@ -66,7 +66,7 @@ class TalkingDetector:
     """Hysteresis on per-frame levels: `talking_packets` net loud frames start talking (a quiet
     frame takes one back), `silence_packets` quiet frames in a row stop it."""
 
-    __slots__ = ("threshold", "start_count", "stop_count", "talking", "_loud", "_quiet")
+    __slots__ = ("_loud", "_quiet", "start_count", "stop_count", "talking", "threshold")
 
     def __init__(self, threshold: int, start_count: int, stop_count: int) -> None:
         self.threshold = threshold

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -23,7 +23,7 @@ from .settings import AudioSettings
 
 log = logging.getLogger("meeting_sfu.sfu.audio")
 
-TRIM_WINDOW_TICKS = 100  # 2 s: a frame of latency kept that long is dropped
+TRIM_WINDOW_TICKS = 50  # 1 s: a frame of latency kept that long is dropped
 SSRC_SWITCH_SECONDS = 0.5  # a new incoming SSRC is followed once the old one is this quiet
 
 MixTap = Callable[[bytes, int], None]
@@ -34,21 +34,21 @@ class MixInput:
     arrives, kept as at most `jitter_frames` frames of int16 samples (oldest dropped)."""
 
     __slots__ = (
-        "enabled",
-        "payload_type",
-        "level_ext_id",
-        "ssrc",
-        "last_seq",
-        "last_arrival",
-        "decoder",
         "buf",
+        "decoder",
+        "dropped",
+        "enabled",
         "fill",
         "header_level",
-        "low_water",
-        "window",
-        "packets",
-        "dropped",
         "invalid",
+        "last_arrival",
+        "last_seq",
+        "level_ext_id",
+        "low_water",
+        "packets",
+        "payload_type",
+        "ssrc",
+        "window",
     )
 
     def __init__(self, jitter_frames: int = 4) -> None:
@@ -161,8 +161,7 @@ class MixInput:
         if rest:
             buf[:rest] = buf[FRAME_SAMPLES:fill]
         self.fill = rest
-        if rest < self.low_water:
-            self.low_water = rest
+        self.low_water = min(self.low_water, rest)
         self._window_tick()
         return frame
 
@@ -184,19 +183,19 @@ class MixOutput:
     one `sendto` per packet through a send path (see sfu.aiortc_hooks.SendPath)."""
 
     __slots__ = (
-        "ssrc",
+        "addr",
+        "errors",
+        "last_sent",
+        "last_ts",
+        "marker",
+        "octets",
+        "packets",
         "payload_type",
-        "seq",
-        "ts_offset",
         "protect",
         "sendto",
-        "addr",
-        "marker",
-        "packets",
-        "octets",
-        "last_ts",
-        "last_sent",
-        "errors",
+        "seq",
+        "ssrc",
+        "ts_offset",
     )
 
     def __init__(
@@ -242,14 +241,15 @@ class MixOutput:
             return None
         elapsed = time.monotonic() - self.last_sent
         rtp_ts = (self.last_ts + int(elapsed * SAMPLE_RATE)) & 0xFFFFFFFF
-        return ntp_from_unix(time.time()), rtp_ts, self.packets & 0xFFFFFFFF, self.octets & 0xFFFFFFFF
+        count, octets = self.packets & 0xFFFFFFFF, self.octets & 0xFFFFFFFF
+        return ntp_from_unix(time.time()), rtp_ts, count, octets
 
 
 class Member:
     """A participant as the mixer sees him: input, output (once his PC is connected), his own
     mix-minus encoder (created when he first is in the mix) and his talking state."""
 
-    __slots__ = ("user_id", "input", "output", "encoder", "detector", "hangover", "in_mix")
+    __slots__ = ("detector", "encoder", "hangover", "in_mix", "input", "output", "user_id")
 
     def __init__(self, user_id: str, settings: AudioSettings) -> None:
         self.user_id = user_id
@@ -311,7 +311,7 @@ class Mixer:
     def _talking(self, user_id: str, talking: bool) -> None:
         try:
             self.on_talking(user_id, talking)
-        except Exception:  # noqa: BLE001 - the listener's problem must not stop the mix
+        except Exception:
             log.exception("talking listener failed user=%s", user_id)
 
     def tick(self, tick_no: int) -> None:
@@ -386,7 +386,7 @@ class Mixer:
         if self.tap is not None:
             try:
                 self.tap(shared, timestamp)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("mix tap failed; removed")
                 self.tap = None
 

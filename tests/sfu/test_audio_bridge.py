@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fractions
+import itertools
 import time
 
 import av
@@ -186,7 +187,7 @@ async def bridge(talking):
 @pytest.fixture
 async def clients(bridge):
     made = {user: Client(user, f) for user, f in TONES.items()}
-    for user, client in made.items():
+    for client in made.values():
         await client.connect(bridge)
     yield made
     for client in made.values():
@@ -258,7 +259,7 @@ async def test_leaving_keeps_the_others_mix_without_a_gap(bridge, clients):
     await hears(clients["carol"], present={"bob"}, absent={"alice", "carol"})
     # bob's stream went on packet after packet: consecutive sequence numbers and timestamps
     packets = clients["bob"].rtp[before - 5:]
-    for (_, seq0, ts0), (_, seq1, ts1) in zip(packets, packets[1:]):
+    for (_, seq0, ts0), (_, seq1, ts1) in itertools.pairwise(packets):
         assert (seq1 - seq0) & 0xFFFF == 1
         assert (ts1 - ts0) & 0xFFFFFFFF == FRAME
     await bounded(bridge.remove("alice"))  # again: a no-op
@@ -270,9 +271,9 @@ async def test_the_mix_is_clocked_every_20_ms(bridge, clients):
     assert len(rtp) == 50
     span = rtp[-1][0] - rtp[0][0]
     assert 49 * 0.02 * 0.8 < span < 49 * 0.02 * 1.2
-    gaps = [b[0] - a[0] for a, b in zip(rtp, rtp[1:])]
+    gaps = [b[0] - a[0] for a, b in itertools.pairwise(rtp)]
     assert max(gaps) < 0.08
-    assert all((b[2] - a[2]) & 0xFFFFFFFF == FRAME for a, b in zip(rtp, rtp[1:]))
+    assert all((b[2] - a[2]) & 0xFFFFFFFF == FRAME for a, b in itertools.pairwise(rtp))
 
 
 async def test_renegotiation_of_the_same_pc_is_answered(bridge, clients):
@@ -355,15 +356,25 @@ async def test_garbage_rtp_does_not_break_the_bridge(bridge, clients):
     await unmute_all(bridge)
     member = bridge._participants["alice"].member
     pt = member.input.payload_type
-    for junk in (b"", b"\x80", bytes(12), b"\x80" + bytes([pt]) + b"\x00\x01" + bytes(8) + b"\xff" * 40,
-                 b"\x90" + bytes([pt]) + bytes(10) + b"\xbe\xde\xff\xff", b"\xa0" + bytes([pt]) + bytes(10)):
+    junk_packets = (
+        b"",
+        b"\x80",
+        bytes(12),
+        b"\x80" + bytes([pt]) + b"\x00\x01" + bytes(8) + b"\xff" * 40,  # not Opus
+        b"\x90" + bytes([pt]) + bytes(10) + b"\xbe\xde\xff\xff",  # extension overruns
+        b"\xa0" + bytes([pt]) + bytes(10),  # padding bit, no room
+    )
+    for junk in junk_packets:
         member.input.on_rtp(junk)
     await hears(clients["bob"], present={"alice", "carol"}, absent={"bob"})
 
 
 async def test_close_closes_every_pc(bridge, clients):
     pcs = [p.pc for p in bridge._participants.values()]
+    offer = await clients["alice"].offer()
     await bounded(bridge.close())
     assert all(pc.connectionState == "closed" for pc in pcs)
     with pytest.raises(MediaError):
-        await bridge.offer("alice", await clients["alice"].offer())
+        await bridge.offer("alice", offer)
+    bridge.set_enabled("alice", True)  # ignored once closed
+    await bounded(bridge.close())  # again: a no-op
