@@ -353,6 +353,7 @@ class BenchClient:
         self.arrivals: list[tuple[int, float]] = []  # (payload CRC, arrival) in the window
         self.e2e_ms: list[float] = []  # in the window
         self.decoded = 0
+        self.audio_packets = 0  # RTP of the audio mix received
         self.recording = False  # inside the measuring window
         self._requested: set[str] = set()
         self._to_subscribe: list[str] = []
@@ -467,6 +468,14 @@ class BenchClient:
         await self.call("PUT", self.meeting + "/audio/offer", {"sdp": pc.localDescription.sdp})
         answered = await self.events.wait("MEETING_AUDIO_ANSWERED", None, self.timeout)
         await pc.setRemoteDescription(RTCSessionDescription(answered["sdp"], "answer"))
+        dtls = pc.getTransceivers()[0].receiver.transport
+        original = dtls._handle_rtp_data
+
+        async def count_mix(data: bytes, arrival_time_ms: int) -> None:
+            self.audio_packets += 1
+            await original(data, arrival_time_ms)
+
+        dtls._handle_rtp_data = count_mix
         if self.spec.role == "publisher":
             await self.call("PUT", self.meeting + "/audio", {"enabled": True})
 
@@ -606,6 +615,7 @@ class BenchClient:
             "at": time.time(),
             "streams": {ssrc: c.snapshot() for ssrc, c in self.counters.items()},
             "decoded": self.decoded,
+            "audio_packets": self.audio_packets,
             "sent_frames": self.camera.frames if self.camera else 0,
         }
 

@@ -502,8 +502,11 @@ def _aggregate(results: list[dict[str, Any]], window: float, subscribers: int,
     first_frame: list[float] = []
     arrivals = 0
     errors: list[str] = []
+    audio_pps = 0.0
     for c in clients:
         errors += c["errors"]
+        span = max(1e-3, c["end"]["at"] - c["start"]["at"])
+        audio_pps += (c["end"]["audio_packets"] - c["start"]["audio_packets"]) / span
         if c["spec"]["role"] != "subscriber":
             continue
         start, end = c["start"], c["end"]
@@ -538,6 +541,7 @@ def _aggregate(results: list[dict[str, Any]], window: float, subscribers: int,
         "subscriber_streams": len(fps),
         "forwarded_pps": round(pps, 1),
         "forwarded_bps": round(bps),
+        "audio_mix_pps": round(audio_pps, 1),
         "fps_min": _r(min(fps) if fps else None),
         "fps_mean": _r(sum(fps) / len(fps) if fps else None),
         "decoded_fps_min": _r(min(decoded_fps) if decoded_fps else None),

@@ -17,7 +17,7 @@ RUN_FIELDS = {
     "server", "meetings", "publishers", "subscribers", "decoders", "duration_s", "window_s",
     "server_pid", "client_processes", "publishers_ready", "subscribers_ready", "setup_s",
     "subscriber_streams", "server_cpu_cores", "server_cpu_user_cores", "server_cpu_sys_cores",
-    "forwarded_pps", "forwarded_bps", "cpu_us_per_packet", "fps_min", "fps_mean",
+    "forwarded_pps", "forwarded_bps", "audio_mix_pps", "cpu_us_per_packet", "fps_min", "fps_mean",
     "decoded_fps_min", "decoded_fps_mean", "loss_percent", "join_to_first_frame_ms",
     "latency_forward_ms", "latency_e2e_ms", "server_rss_mb", "server_rss_peak_mb",
     "client_cpu_cores", "client_errors", "setup_errors", "load_before", "load_after",
