@@ -51,26 +51,55 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def proc_cpu(pid: int) -> tuple[float, float]:
-    """(user, system) CPU seconds of a process, all its threads included."""
+def _stat(pid: int) -> list[str]:
     with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
+        return f.read().rsplit(")", 1)[1].split()
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its live descendants (a server may run media worker processes)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                children.setdefault(int(_stat(int(entry))[1]), []).append(int(entry))
+            except (OSError, IndexError, ValueError):
+                continue
+    out, todo = [], [pid]
+    while todo and len(out) < 10_000:
+        p = todo.pop()
+        out.append(p)
+        todo += children.get(p, [])
+    return out
+
+
+def proc_cpu(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process and its descendants, all threads included."""
     tick = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / tick, int(fields[12]) / tick
+    user = system = 0.0
+    for p in process_tree(pid):
+        try:
+            fields = _stat(p)
+        except OSError:  # exited meanwhile
+            continue
+        user += int(fields[11]) / tick
+        system += int(fields[12]) / tick
+    return user, system
 
 
 def proc_rss_mb(pid: int) -> tuple[float | None, float | None]:
-    """(VmRSS, VmHWM) in MB."""
+    """(VmRSS, VmHWM) in MB, summed over the process and its descendants."""
     rss = hwm = None
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    rss = int(line.split()[1]) / 1024
-                elif line.startswith("VmHWM:"):
-                    hwm = int(line.split()[1]) / 1024
-    except OSError:
-        pass
+    for p in process_tree(pid):
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        rss = (rss or 0) + int(line.split()[1]) / 1024
+                    elif line.startswith("VmHWM:"):
+                        hwm = (hwm or 0) + int(line.split()[1]) / 1024
+        except OSError:
+            continue
     return rss, hwm
 
 
