@@ -13,7 +13,8 @@ _TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
 
 
 class OpusDecoder:
-    """One incoming stream's decoder; `decode` returns int16 mono samples or None."""
+    """One incoming stream's decoder; `decode` returns int16 mono samples (a read-only view of
+    the decoded frame, copied by whoever keeps it) or None."""
 
     __slots__ = ("_codec",)
 
@@ -33,8 +34,11 @@ class OpusDecoder:
         if not frames:
             return None
         if len(frames) == 1:
-            return frames[0].to_ndarray().reshape(-1)
-        return np.concatenate([f.to_ndarray().reshape(-1) for f in frames])
+            frame = frames[0]
+            return np.frombuffer(frame.planes[0], dtype=np.int16, count=frame.samples)
+        return np.concatenate(
+            [np.frombuffer(f.planes[0], dtype=np.int16, count=f.samples) for f in frames]
+        )
 
 
 class OpusEncoder:
@@ -42,14 +46,16 @@ class OpusEncoder:
 
     __slots__ = ("_codec", "_pts")
 
-    def __init__(self, bitrate: int = 32000, complexity: int = 5) -> None:
+    def __init__(
+        self, bitrate: int = 32000, complexity: int = 5, application: str = "lowdelay"
+    ) -> None:
         codec = av.CodecContext.create("libopus", "w")
         codec.format = "s16"
         codec.layout = "mono"
         codec.sample_rate = SAMPLE_RATE
         codec.time_base = _TIME_BASE
         codec.bit_rate = bitrate
-        codec.options = {"application": "voip", "compression_level": str(complexity)}
+        codec.options = {"application": application, "compression_level": str(complexity)}
         codec.open()
         self._codec = codec
         self._pts = 0

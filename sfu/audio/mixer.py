@@ -277,7 +277,8 @@ class Mixer:
         self.encodes = 0
 
     def new_encoder(self) -> OpusEncoder:
-        return OpusEncoder(self.settings.opus_bitrate, self.settings.opus_complexity)
+        s = self.settings
+        return OpusEncoder(s.opus_bitrate, s.opus_complexity, s.opus_application)
 
     def add(self, user_id: str) -> Member:
         member = self.members.get(user_id)

@@ -1,0 +1,97 @@
+"""The audio bridge behind LocalMediaService: offers, mute, talking events, leave, meeting close
+and the recording of the mix (real aiortc clients on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import av
+import numpy as np
+import pytest
+
+from sfu.api import MediaError, TalkingChanged
+from sfu.audio import AudioBridge
+
+from .test_audio_bridge import TONES, Client, bounded, hears
+
+MEETING = "meeting-audio"
+
+
+async def connect(service, user: str) -> Client:
+    client = Client(user, TONES[user])
+    answer = await bounded(service.audio_offer(MEETING, user, await client.offer()))
+    from aiortc import RTCSessionDescription
+
+    await client.pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+    return client
+
+
+@pytest.fixture
+async def pair(service):
+    clients = {u: await connect(service, u) for u in ("alice", "bob")}
+    yield clients
+    for c in clients.values():
+        with contextlib.suppress(Exception):
+            await c.close()
+
+
+async def test_service_mixes_mutes_and_reports_talking(service, events, pair):
+    bridge = service._bridges[MEETING]
+    assert isinstance(bridge, AudioBridge)
+    await service.set_audio_enabled(MEETING, "alice", True)
+    await hears(pair["bob"], present={"alice"}, absent={"bob"})
+    event = await events.wait(TalkingChanged, user_id="alice", is_talking=True)
+    assert event.meeting_id == MEETING
+    assert not events.of(TalkingChanged, user_id="bob")  # muted: never talking
+    await service.set_audio_enabled(MEETING, "alice", False)
+    await events.wait(TalkingChanged, user_id="alice", is_talking=False)
+    await hears(pair["bob"], present=set(), absent={"alice", "bob"})
+
+
+async def test_service_leave_and_meeting_close(service, pair):
+    bridge = service._bridges[MEETING]
+    await service.set_audio_enabled(MEETING, "alice", True)
+    await service.set_audio_enabled(MEETING, "bob", True)
+    await hears(pair["bob"], present={"alice"}, absent={"bob"})
+    await bounded(service.remove_participant(MEETING, "alice"))
+    assert bridge.participants() == ["bob"]
+    pc = bridge._participants["bob"].pc
+    await bounded(service.close_meeting(MEETING))
+    assert pc.connectionState == "closed"
+    assert bridge.closed
+
+
+async def test_service_garbage_audio_offer_is_400(service):
+    with pytest.raises(MediaError) as err:
+        await service.audio_offer(MEETING, "alice", "v=0\r\ngarbage")
+    assert err.value.status == 400
+
+
+async def test_recording_holds_the_mix_of_everyone(service, pair, tmp_path):
+    await service.set_audio_enabled(MEETING, "alice", True)
+    await service.set_audio_enabled(MEETING, "bob", True)
+    await service.start_recording(MEETING, str(tmp_path / "work"))
+    await asyncio.sleep(1.5)
+    final = tmp_path / "out.mkv"
+    result = await bounded(service.stop_recording(MEETING, str(final)))
+    assert result is not None and final.exists()
+    with av.open(str(final)) as container:
+        audio = [s for s in container.streams if s.type == "audio"]
+        assert len(audio) == 1
+        pcm = np.concatenate(
+            [f.to_ndarray().reshape(-1) for f in container.decode(audio[0])]
+        ).astype(np.float64)
+    assert pcm.size > 48000  # over a second of audio
+    if np.abs(pcm).max() <= 1.0:  # planar float from the decoder
+        pcm = pcm * 32767
+    x = pcm[-48000:] / 32767
+    spectrum = np.abs(np.fft.rfft(x * np.hanning(x.size)))
+    freqs = np.fft.rfftfreq(x.size, 1 / 48000)
+
+    def strength(f: float) -> float:
+        return float(spectrum[(freqs > f - 20) & (freqs < f + 20)].max())
+
+    # both speakers are in the recorded mix; carol (not in the meeting) is not
+    assert strength(TONES["alice"]) > 20 * strength(TONES["carol"])
+    assert strength(TONES["bob"]) > 20 * strength(TONES["carol"])
