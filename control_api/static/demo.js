@@ -383,7 +383,7 @@ function showTile(key, track, label) {
       tile.remove();
     }
   }
-  let tile = document.querySelector(`.tile[data-key="${key}"]`);
+  let tile = document.querySelector(`.tile[data-key="${CSS.escape(key)}"]`);
   if (!tile) {
     tile = document.createElement("div");
     tile.className = "tile";
@@ -398,11 +398,11 @@ function showTile(key, track, label) {
 }
 
 function removeTile(key) {
-  document.querySelector(`.tile[data-key="${key}"]`)?.remove();
+  document.querySelector(`.tile[data-key="${CSS.escape(key)}"]`)?.remove();
 }
 
 function removeUser(userId) {
-  for (const tile of document.querySelectorAll(`.tile[data-user="${userId}"]`)) tile.remove();
+  for (const tile of document.querySelectorAll(`.tile[data-user="${CSS.escape(userId)}"]`)) tile.remove();
   for (const key of [...S.subscribed]) if (key.startsWith(`${userId}/`)) S.subscribed.delete(key);
 }
 
@@ -493,9 +493,9 @@ const handlers = {
     return refreshMeeting();
   },
   MEETING_PARTICIPANT_TALKING: (e) => {
-    document.querySelector(`#participants li[data-user="${e.userId}"]`)
+    document.querySelector(`#participants li[data-user="${CSS.escape(e.userId)}"]`)
       ?.classList.toggle("talking", e.isTalking);
-    for (const tile of document.querySelectorAll(`.tile[data-user="${e.userId}"]`)) {
+    for (const tile of document.querySelectorAll(`.tile[data-user="${CSS.escape(e.userId)}"]`)) {
       tile.classList.toggle("talking", e.isTalking);
     }
   },
