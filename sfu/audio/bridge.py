@@ -244,7 +244,7 @@ class AudioBridge:
             hooks.disable_reassembly(receiver)
             dtls = receiver.transport
             if dtls is not None and not any(d is dtls for d in p.hooked):
-                hooks.hook_rtp_ingress(dtls, p.member.input.on_rtp)
+                hooks.hook_rtp_ingress(dtls, _current_pc_only(p, pc))
                 p.hooked.append(dtls)
 
     def _sender_started(
@@ -297,6 +297,18 @@ class AudioBridge:
                 if p.wants_output:
                     self._bind_output(p)
         self.mixer.tick(n)
+
+
+def _current_pc_only(p: _Participant, pc: RTCPeerConnection) -> Callable[[bytes], None]:
+    """The member's input for RTP of `pc`, while `pc` is still the participant's PC (a replaced
+    or failed PC may deliver a few more packets while it closes)."""
+    on_rtp = p.member.input.on_rtp
+
+    def ingress(data: bytes) -> None:
+        if p.pc is pc:
+            on_rtp(data)
+
+    return ingress
 
 
 async def _close_pc(pc: RTCPeerConnection) -> None:

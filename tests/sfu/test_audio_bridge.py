@@ -378,3 +378,26 @@ async def test_close_closes_every_pc(bridge, clients):
         await bridge.offer("alice", offer)
     bridge.set_enabled("alice", True)  # ignored once closed
     await bounded(bridge.close())  # again: a no-op
+
+
+async def test_sender_reports_carry_what_the_mix_sent(bridge, clients):
+    from aiortc.rtp import RtcpSrPacket
+
+    reports: list = []
+    receiver = clients["bob"].pc.getTransceivers()[0].receiver
+    aiortc_hooks.hook_receiver_rtcp(
+        receiver, lambda packet: reports.append(packet) if isinstance(packet, RtcpSrPacket) else None
+    )
+
+    async def two_reports() -> None:
+        while len(reports) < 2:
+            await asyncio.sleep(0.05)
+
+    await bounded(two_reports(), 6)
+    first, second = reports[0].sender_info, reports[1].sender_info
+    assert 0 < first.packet_count < second.packet_count
+    assert first.octet_count > 0
+    # the RTP clock advances 48 kHz against the NTP clock
+    ntp_seconds = (second.ntp_timestamp - first.ntp_timestamp) / 2**32
+    rtp_seconds = ((second.rtp_timestamp - first.rtp_timestamp) & 0xFFFFFFFF) / 48000
+    assert abs(ntp_seconds - rtp_seconds) < 0.03
