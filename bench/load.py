@@ -87,6 +87,14 @@ def proc_cpu(pid: int) -> tuple[float, float]:
     return user, system
 
 
+def host_cpu() -> tuple[float, float]:
+    """(busy, total) jiffies of the whole machine, from the `cpu` line of /proc/stat."""
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)
+    return sum(values) - idle, sum(values)
+
+
 def proc_rss_mb(pid: int) -> tuple[float | None, float | None]:
     """(VmRSS, VmHWM) in MB, summed over the process and its descendants."""
     rss = hwm = None
@@ -467,6 +475,7 @@ async def run_once(options: argparse.Namespace, kind: str, subscribers: int,
             rep = await workers.report(0.5)
             if rep is not None and rep[0] == "marked":
                 marked += 1
+        host0 = host_cpu()
         cpu0, t0 = proc_cpu(pid) if pid else (None, None), time.monotonic()
         end = t0 + options.duration
         while time.monotonic() < end:
@@ -478,6 +487,7 @@ async def run_once(options: argparse.Namespace, kind: str, subscribers: int,
             progress.bar(f"{label}: measuring", now - t0, options.duration, extra)
             await asyncio.sleep(min(0.5, max(0.0, end - now)))
         cpu1, t1 = proc_cpu(pid) if pid else (None, None), time.monotonic()
+        host1 = host_cpu()
         rss, hwm = proc_rss_mb(pid) if pid else (None, None)
         workers.send("end")
         results = []
@@ -501,6 +511,12 @@ async def run_once(options: argparse.Namespace, kind: str, subscribers: int,
         else:
             result.update({"server_cpu_cores": None, "server_cpu_user_cores": None,
                            "server_cpu_sys_cores": None, "cpu_us_per_packet": None})
+        # The whole machine's busy cores in the window, and what neither the server nor the
+        # bench's clients used (other work on a shared machine skews every figure).
+        host = (host1[0] - host0[0]) / max(1, host1[1] - host0[1]) * (os.cpu_count() or 1)
+        result["host_busy_cores"] = _r(host, 2)
+        result["host_other_cores"] = _r(
+            max(0.0, host - (result["server_cpu_cores"] or 0) - (result["client_cpu_cores"] or 0)), 2)
         result["server_rss_mb"] = _r(rss, 1)
         result["server_rss_peak_mb"] = _r(hwm, 1)
         result["window_s"] = round(window, 2)
@@ -636,7 +652,7 @@ def _f(x: Any, nd: int = 1) -> str:
 def table(runs: list[dict[str, Any]], ratio_rows: list[dict[str, Any]]) -> str:
     head = ["server", "M", "P", "S", "cpu cores", "pkt/s", "Mbit/s", "us/pkt", "fps min/mean",
             "dec fps", "loss %", "join->frame p50/p95 ms", "fwd lat p50/p95 ms",
-            "e2e lat p50/p95 ms", "RSS MB", "client cpu"]
+            "e2e lat p50/p95 ms", "RSS MB", "client cpu", "other cpu"]
     rows = [head]
     for r in runs:
         rows.append([
@@ -649,7 +665,7 @@ def table(runs: list[dict[str, Any]], ratio_rows: list[dict[str, Any]]) -> str:
             f"{_f(r['join_to_first_frame_ms']['p50'], 0)}/{_f(r['join_to_first_frame_ms']['p95'], 0)}",
             f"{_f(r['latency_forward_ms']['p50'], 2)}/{_f(r['latency_forward_ms']['p95'], 2)}",
             f"{_f(r['latency_e2e_ms']['p50'], 0)}/{_f(r['latency_e2e_ms']['p95'], 0)}",
-            _f(r["server_rss_mb"]), _f(r["client_cpu_cores"], 2),
+            _f(r["server_rss_mb"]), _f(r["client_cpu_cores"], 2), _f(r["host_other_cores"], 2),
         ])
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in rows]

@@ -20,7 +20,8 @@ RUN_FIELDS = {
     "forwarded_pps", "forwarded_bps", "audio_mix_pps", "cpu_us_per_packet", "fps_min", "fps_mean",
     "decoded_fps_min", "decoded_fps_mean", "loss_percent", "join_to_first_frame_ms",
     "latency_forward_ms", "latency_e2e_ms", "server_rss_mb", "server_rss_peak_mb",
-    "client_cpu_cores", "client_errors", "setup_errors", "load_before", "load_after",
+    "client_cpu_cores", "client_errors", "host_busy_cores", "host_other_cores", "setup_errors",
+    "load_before", "load_after",
 }
 RATIO_FIELDS = {"meetings", "publishers", "subscribers", "cpu", "cpu_per_packet", "fps_mean",
                 "fps_min", "decoded_fps_mean", "rss", "latency_e2e_p50", "latency_e2e_p95"}
