@@ -34,6 +34,8 @@ class MixInput:
     arrives, kept as at most `jitter_frames` frames of int16 samples (oldest dropped)."""
 
     __slots__ = (
+        "budget",
+        "budget_per_tick",
         "buf",
         "decoder",
         "dropped",
@@ -60,6 +62,9 @@ class MixInput:
         self.last_arrival = 0.0
         self.decoder: OpusDecoder | None = None
         self.buf = np.zeros(jitter_frames * FRAME_SAMPLES, dtype=np.int16)
+        # Packets decoded per tick at most: a flood costs no more than this much decoding.
+        self.budget_per_tick = jitter_frames + 2
+        self.budget = self.budget_per_tick
         self.fill = 0
         self.header_level = -1  # loudest RFC 6464 level seen since the last tick, -1: none
         self.low_water = 1 << 30
@@ -114,6 +119,10 @@ class MixInput:
         self.packets += 1
         if not self.enabled:
             return  # muted: not decoded at all
+        if self.budget <= 0:
+            self.dropped += 1
+            return
+        self.budget -= 1
         if self.level_ext_id:
             level = audio_level_extension(data, self.level_ext_id)
             if level >= 0 and (self.header_level < 0 or level < self.header_level):
@@ -150,6 +159,7 @@ class MixInput:
 
         A frame of latency that stays buffered for TRIM_WINDOW_TICKS ticks (the sender's clock
         runs faster than ours, or a burst filled the buffer) is dropped."""
+        self.budget = self.budget_per_tick
         fill = self.fill
         if fill < FRAME_SAMPLES:
             self.low_water = 0

@@ -211,3 +211,18 @@ def test_muted_and_silent_members_hear_the_shared_mix():
     assert talking == [("a", True)]
     mixer.set_enabled(mixer.members["a"], False)
     assert talking == [("a", True), ("a", False)]
+
+
+def test_a_packet_flood_is_decoded_only_up_to_a_budget_per_tick():
+    enc = OpusEncoder()
+    payload = enc.encode(tone(440, 0.3))
+    inp = MixInput(jitter_frames=4)
+    inp.configure(PT, None)
+    inp.enabled = True
+    for seq in range(1, 1001):
+        inp.on_rtp(rtp(payload, seq))
+    assert inp.packets == 1000
+    assert inp.dropped >= 1000 - inp.budget_per_tick
+    inp.take()
+    inp.on_rtp(rtp(payload, 1001))  # the next tick brings a fresh budget
+    assert inp.budget == inp.budget_per_tick - 1
