@@ -38,8 +38,9 @@ def _now() -> str:
 
 def _http(status: int, code: str, message: str) -> web.HTTPException:
     """A JSON error, as the real server answers."""
-    exc = web.HTTPException(text=json.dumps({"error": code, "message": message}),
-                            content_type="application/json")
+    exc = web.HTTPException(
+        text=json.dumps({"error": code, "message": message}), content_type="application/json"
+    )
     exc.set_status(status)
     return exc
 
@@ -76,8 +77,13 @@ class Relay:
         auth = request.headers.get("Authorization", "")
         token = auth[7:] if auth.startswith("Bearer ") else request.query.get("access_token", "")
         try:
-            claims = jwt.decode(token, self.secret, algorithms=["HS256"],
-                                options={"require": ["exp", "sub"]}, leeway=30)
+            claims = jwt.decode(
+                token,
+                self.secret,
+                algorithms=["HS256"],
+                options={"require": ["exp", "sub"]},
+                leeway=30,
+            )
         except jwt.InvalidTokenError as exc:
             raise _http(401, "unauthorized", str(exc)) from None
         return str(claims["sub"])
@@ -103,12 +109,20 @@ class Relay:
 
     def render(self, m: Meeting) -> dict[str, Any]:
         return {
-            "id": m.id, "roomId": m.room_id, "name": m.name, "meetingType": "permanent",
+            "id": m.id,
+            "roomId": m.room_id,
+            "name": m.name,
+            "meetingType": "permanent",
             "active": m.active,
             "participants": [
-                {"userId": p.user_id, "queueId": p.queue_id, "userType": "registered",
-                 "audioStreamEnabled": False, "videoStreamEnabled": p.user_id in m.tracks,
-                 "screenStreamEnabled": False}
+                {
+                    "userId": p.user_id,
+                    "queueId": p.queue_id,
+                    "userType": "registered",
+                    "audioStreamEnabled": False,
+                    "videoStreamEnabled": p.user_id in m.tracks,
+                    "screenStreamEnabled": False,
+                }
                 for p in m.members.values()
             ],
         }
@@ -122,15 +136,19 @@ class Relay:
             if pc is not None:
                 await pc.close()
         for other in m.members.values():
-            self.send(other.user_id, {"type": "MEETING_PARTICIPANT_LEFT", "meetingId": m.id,
-                                      "userId": user_id})
+            self.send(
+                other.user_id,
+                {"type": "MEETING_PARTICIPANT_LEFT", "meetingId": m.id, "userId": user_id},
+            )
 
     # -- handlers ------------------------------------------------------------------------------
 
     async def create(self, request: web.Request) -> web.Response:
         self.user(request)
         body = await request.json()
-        m = Meeting(str(uuid.uuid4()), str(body.get("roomId") or uuid.uuid4()), str(body.get("name", "")))
+        m = Meeting(
+            str(uuid.uuid4()), str(body.get("roomId") or uuid.uuid4()), str(body.get("name", ""))
+        )
         self.meetings[m.id] = m
         return web.json_response(self.render(m))
 
@@ -157,8 +175,10 @@ class Relay:
             raise _http(400, "bad_request", "meeting not started")
         m.members[user] = Member(user, queue_id)
         for other in m.members.values():
-            self.send(other.user_id, {"type": "MEETING_PARTICIPANT_JOINED", "meetingId": m.id,
-                                      "userId": user})
+            self.send(
+                other.user_id,
+                {"type": "MEETING_PARTICIPANT_JOINED", "meetingId": m.id, "userId": user},
+            )
         return web.json_response({"status": "ACCEPTED"})
 
     async def leave_handler(self, request: web.Request) -> web.Response:
@@ -183,12 +203,27 @@ class Relay:
 
         await pc.setRemoteDescription(RTCSessionDescription(body["sdp"], "offer"))
         await pc.setLocalDescription(await pc.createAnswer())
-        self.send(p.user_id, {"type": "MEETING_SDP_ANSWERED", "meetingId": m.id,
-                              "userId": p.user_id, "mediaType": "VIDEO",
-                              "sdp": pc.localDescription.sdp})
+        self.send(
+            p.user_id,
+            {
+                "type": "MEETING_SDP_ANSWERED",
+                "meetingId": m.id,
+                "userId": p.user_id,
+                "mediaType": "VIDEO",
+                "sdp": pc.localDescription.sdp,
+            },
+        )
         for other in m.members.values():
-            self.send(other.user_id, {"type": "MEETING_MEDIA_STREAM_CHANGED", "meetingId": m.id,
-                                      "userId": p.user_id, "mediaType": "VIDEO", "active": True})
+            self.send(
+                other.user_id,
+                {
+                    "type": "MEETING_MEDIA_STREAM_CHANGED",
+                    "meetingId": m.id,
+                    "userId": p.user_id,
+                    "mediaType": "VIDEO",
+                    "active": True,
+                },
+            )
         return web.Response(status=204)
 
     async def subscribe(self, request: web.Request) -> web.Response:
@@ -197,8 +232,11 @@ class Relay:
         if p.receiver is None:
             p.receiver = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         pc = p.receiver
-        vp8 = [c for c in RTCRtpSender.getCapabilities("video").codecs
-               if c.mimeType in ("video/VP8", "video/rtx")]
+        vp8 = [
+            c
+            for c in RTCRtpSender.getCapabilities("video").codecs
+            if c.mimeType in ("video/VP8", "video/rtx")
+        ]
         added = False
         for item in body.get("subscribe", []):
             source = m.tracks.get(item.get("userId"))
@@ -212,9 +250,16 @@ class Relay:
             added = True
         if added:
             await pc.setLocalDescription(await pc.createOffer())
-            self.send(p.user_id, {"type": "MEETING_SDP_OFFERED", "meetingId": m.id,
-                                  "userId": p.user_id, "mediaType": "VIDEO",
-                                  "sdp": pc.localDescription.sdp})
+            self.send(
+                p.user_id,
+                {
+                    "type": "MEETING_SDP_OFFERED",
+                    "meetingId": m.id,
+                    "userId": p.user_id,
+                    "mediaType": "VIDEO",
+                    "sdp": pc.localDescription.sdp,
+                },
+            )
         return web.Response(status=204)
 
     async def answer(self, request: web.Request) -> web.Response:
@@ -223,10 +268,17 @@ class Relay:
         if p.receiver is None:
             raise _http(400, "bad_request", "no offer pending")
         await p.receiver.setRemoteDescription(RTCSessionDescription(body["sdp"], "answer"))
-        self.send(p.user_id, {
-            "type": "MEETING_PARTICIPANT_SUBSCRIBED", "meetingId": m.id, "userId": p.user_id,
-            "streams": [{"type": "video", "userId": u, "mid": t.mid} for u, t in p.sending.items()],
-        })
+        self.send(
+            p.user_id,
+            {
+                "type": "MEETING_PARTICIPANT_SUBSCRIBED",
+                "meetingId": m.id,
+                "userId": p.user_id,
+                "streams": [
+                    {"type": "video", "userId": u, "mid": t.mid} for u, t in p.sending.items()
+                ],
+            },
+        )
         return web.Response(status=204)
 
     async def audio(self, request: web.Request) -> web.Response:
@@ -295,8 +347,9 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING)
     configure_ice(IceSettings())
     aiortc.codecs.vpx.DEFAULT_BITRATE = args.bitrate
-    web.run_app(create_app(args.secret), host="127.0.0.1", port=args.port, print=None,
-                access_log=None)
+    web.run_app(
+        create_app(args.secret), host="127.0.0.1", port=args.port, print=None, access_log=None
+    )
 
 
 if __name__ == "__main__":

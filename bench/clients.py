@@ -61,9 +61,9 @@ def draw_stamp(luma: np.ndarray, value: int) -> None:
     for bit in range(STAMP_BITS):
         row, col = divmod(bit, STAMP_COLS)
         on = value >> bit & 1
-        luma[row * b:(row + 1) * b, col * b:(col + 1) * b] = 235 if on else 16
+        luma[row * b : (row + 1) * b, col * b : (col + 1) * b] = 235 if on else 16
         if row == 0:  # complement of the low 16 bits below the two stamp rows
-            luma[2 * b:3 * b, col * b:(col + 1) * b] = 16 if on else 235
+            luma[2 * b : 3 * b, col * b : (col + 1) * b] = 16 if on else 235
 
 
 def read_stamp(frame: av.VideoFrame) -> int | None:
@@ -107,7 +107,7 @@ class CameraTrack(VideoStreamTrack):
         self.base = ((x + y + seed * 37) % 256).astype(np.uint8)
         band = height // 4
         noise = np.random.default_rng(seed + 1).integers(0, 256, (band, width))
-        self.base[height // 2:height // 2 + band] = noise.astype(np.uint8)
+        self.base[height // 2 : height // 2 + band] = noise.astype(np.uint8)
         self.uv = np.full((height // 2, width), 128, dtype=np.uint8)
         self.frames = 0
         self._start: float | None = None
@@ -164,8 +164,15 @@ def sdp_sections(sdp: str) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for line in sdp.replace("\r\n", "\n").split("\n"):
         if line.startswith("m="):
-            out.append({"mid": None, "ssrcs": [], "rtx": set(), "direction": "sendrecv",
-                        "kind": line[2:].split(" ", 1)[0]})
+            out.append(
+                {
+                    "mid": None,
+                    "ssrcs": [],
+                    "rtx": set(),
+                    "direction": "sendrecv",
+                    "kind": line[2:].split(" ", 1)[0],
+                }
+            )
             continue
         if not out:
             continue
@@ -234,8 +241,12 @@ class StreamCounter:
 
     def snapshot(self) -> dict[str, float]:
         expected = self.max_ext - self.first_ext + 1 if self.first_ext >= 0 else 0
-        return {"packets": self.packets, "bytes": self.bytes, "frames": self.frames,
-                "expected": expected}
+        return {
+            "packets": self.packets,
+            "bytes": self.bytes,
+            "frames": self.frames,
+            "expected": expected,
+        }
 
 
 # --- the events socket ------------------------------------------------------------------------
@@ -273,8 +284,9 @@ class Events:
                 self._changed.set()
         self._changed.set()
 
-    async def wait(self, type_: str, predicate: Callable[[dict], bool] | None = None,
-                   timeout: float = 10.0) -> dict[str, Any]:
+    async def wait(
+        self, type_: str, predicate: Callable[[dict], bool] | None = None, timeout: float = 10.0
+    ) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while True:
             for i, m in enumerate(self._kept):
@@ -329,8 +341,17 @@ class ApiError(RuntimeError):
 class BenchClient:
     """One synthetic participant (publisher or subscriber) of one meeting."""
 
-    def __init__(self, spec: ClientSpec, base_url: str, http: aiohttp.ClientSession,
-                 *, width: int = 640, height: int = 480, fps: int = 30, timeout: float = 20.0):
+    def __init__(
+        self,
+        spec: ClientSpec,
+        base_url: str,
+        http: aiohttp.ClientSession,
+        *,
+        width: int = 640,
+        height: int = 480,
+        fps: int = 30,
+        timeout: float = 20.0,
+    ):
         self.spec = spec
         self.base_url = base_url.rstrip("/")
         self.http = http
@@ -363,13 +384,21 @@ class BenchClient:
 
     # -- HTTP ----------------------------------------------------------------------------------
 
-    async def call(self, method: str, path: str, body: Any = None, *, ok: tuple[int, ...] = (200, 204),
-                   headers: dict[str, str] | None = None) -> Any:
+    async def call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        ok: tuple[int, ...] = (200, 204),
+        headers: dict[str, str] | None = None,
+    ) -> Any:
         h = {"Authorization": f"Bearer {self.spec.token}"}
         h.update(headers or {})
         timeout = aiohttp.ClientTimeout(total=self.timeout)
-        async with self.http.request(method, self.base_url + path, json=body, headers=h,
-                                     timeout=timeout) as r:
+        async with self.http.request(
+            method, self.base_url + path, json=body, headers=h, timeout=timeout
+        ) as r:
             raw = await r.read()
             data: Any = None
             if raw:
@@ -389,19 +418,27 @@ class BenchClient:
 
     async def join(self) -> None:
         ws = await self.http.ws_connect(
-            self.base_url + "/events", headers={"Authorization": f"Bearer {self.spec.token}"},
-            heartbeat=None, timeout=aiohttp.ClientWSTimeout(ws_close=5),
+            self.base_url + "/events",
+            headers={"Authorization": f"Bearer {self.spec.token}"},
+            heartbeat=None,
+            timeout=aiohttp.ClientWSTimeout(ws_close=5),
         )
         self.events = Events(ws)
         if self.spec.role == "subscriber":
             self.events.handlers["MEETING_MEDIA_STREAM_CHANGED"] = self._on_stream_changed
-            self.events.handlers["MEETING_SDP_OFFERED"] = lambda m: self._actions.put_nowait(("offer", m))
+            self.events.handlers["MEETING_SDP_OFFERED"] = lambda m: self._actions.put_nowait(
+                ("offer", m)
+            )
             self.events.handlers["MEETING_PARTICIPANT_SUBSCRIBED"] = self._on_subscribed
         await self.events.start(self.timeout)
         self.joined_at = time.time()
-        body = await self.call("POST", self.meeting + "/join",
-                               {"audioStreamEnabled": False, "videoStreamEnabled": False},
-                               headers={"queue-id": self.events.queue_id}, ok=(200,))
+        body = await self.call(
+            "POST",
+            self.meeting + "/join",
+            {"audioStreamEnabled": False, "videoStreamEnabled": False},
+            headers={"queue-id": self.events.queue_id},
+            ok=(200,),
+        )
         if not isinstance(body, dict) or body.get("status") != "ACCEPTED":
             raise RuntimeError(f"join answered {body}")
 
@@ -435,12 +472,18 @@ class BenchClient:
         self.camera = CameraTrack(self.width, self.height, self.fps, seed=self.spec.seed)
         transceiver = pc.addTransceiver(self.camera, direction="sendonly")
         caps = RTCRtpSender.getCapabilities("video").codecs
-        transceiver.setCodecPreferences([c for c in caps if c.mimeType in ("video/VP8", "video/rtx")])
+        transceiver.setCodecPreferences(
+            [c for c in caps if c.mimeType in ("video/VP8", "video/rtx")]
+        )
         await pc.setLocalDescription(await pc.createOffer())
-        await self.call("PUT", self.meeting + "/media",
-                        {"type": "video", "enabled": True, "sdp": pc.localDescription.sdp})
+        await self.call(
+            "PUT",
+            self.meeting + "/media",
+            {"type": "video", "enabled": True, "sdp": pc.localDescription.sdp},
+        )
         answered = await self.events.wait(
-            "MEETING_SDP_ANSWERED", lambda m: m.get("mediaType") == "VIDEO", self.timeout)
+            "MEETING_SDP_ANSWERED", lambda m: m.get("mediaType") == "VIDEO", self.timeout
+        )
         await pc.setRemoteDescription(RTCSessionDescription(answered["sdp"], "answer"))
         self._hook_sender(transceiver.sender.transport)
 
@@ -490,7 +533,11 @@ class BenchClient:
     # -- subscriber ----------------------------------------------------------------------------
 
     def _on_stream_changed(self, m: dict[str, Any]) -> None:
-        if m.get("mediaType") == "VIDEO" and m.get("active") is True and m.get("userId") != self.spec.user_id:
+        if (
+            m.get("mediaType") == "VIDEO"
+            and m.get("active") is True
+            and m.get("userId") != self.spec.user_id
+        ):
             self._want(m["userId"])
 
     def _want(self, user_id: str) -> None:
@@ -513,10 +560,14 @@ class BenchClient:
                     users, self._to_subscribe = self._to_subscribe, []
                     if not users:  # taken by an earlier request
                         continue
-                    await self.call("PUT", self.meeting + "/media/subscribe", {
-                        "subscribe": [{"userId": u, "type": "video"} for u in users],
-                        "unsubscribe": [],
-                    })
+                    await self.call(
+                        "PUT",
+                        self.meeting + "/media/subscribe",
+                        {
+                            "subscribe": [{"userId": u, "type": "video"} for u in users],
+                            "unsubscribe": [],
+                        },
+                    )
                 elif kind == "offer":
                     await self._answer(item["sdp"])
             except Exception as exc:
@@ -596,7 +647,9 @@ class BenchClient:
         deadline = time.monotonic() + self.timeout
         while self.receiving() < expected:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.receiving()}/{expected} streams within {self.timeout:.0f} s")
+                raise TimeoutError(
+                    f"{self.receiving()}/{expected} streams within {self.timeout:.0f} s"
+                )
             if self.errors:
                 raise RuntimeError(self.errors[-1])
             await asyncio.sleep(0.05)

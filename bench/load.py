@@ -124,22 +124,38 @@ class ServerProcess:
         env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
         if kind == "sfu":
             cmd = [sys.executable, "-m", "control_api.cli", "serve"]
-            env.update({
-                "MEETING_SFU_SERVER_HOST": "127.0.0.1",
-                "MEETING_SFU_SERVER_PORT": str(self.port),
-                "MEETING_SFU_STORAGE_DATA_DIR": str(self.dir / "data"),
-                "MEETING_SFU_RECORDING_DIR": str(self.dir / "recordings"),
-                "MEETING_SFU_AUTH_JWT_SECRET": self.secret,
-                "MEETING_SFU_MEDIA_ICE_ADDRESSES": "127.0.0.1",
-                "MEETING_SFU_LOGGING_LEVEL": "warning",
-            })
+            env.update(
+                {
+                    "MEETING_SFU_SERVER_HOST": "127.0.0.1",
+                    "MEETING_SFU_SERVER_PORT": str(self.port),
+                    "MEETING_SFU_STORAGE_DATA_DIR": str(self.dir / "data"),
+                    "MEETING_SFU_RECORDING_DIR": str(self.dir / "recordings"),
+                    "MEETING_SFU_AUTH_JWT_SECRET": self.secret,
+                    "MEETING_SFU_MEDIA_ICE_ADDRESSES": "127.0.0.1",
+                    "MEETING_SFU_LOGGING_LEVEL": "warning",
+                }
+            )
         else:
-            cmd = [sys.executable, "-m", "bench.baseline", "--port", str(self.port),
-                   f"--secret={self.secret}", "--bitrate", str(bitrate)]
+            cmd = [
+                sys.executable,
+                "-m",
+                "bench.baseline",
+                "--port",
+                str(self.port),
+                f"--secret={self.secret}",
+                "--bitrate",
+                str(bitrate),
+            ]
         self.log_path = self.dir / "server.log"
         self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self._log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self.pid = self.proc.pid
 
     async def wait_ready(self, timeout: float = 30.0) -> None:
@@ -149,13 +165,17 @@ class ServerProcess:
                 if self.proc.poll() is not None:
                     raise RuntimeError(f"{self.kind} server exited: {self.log_tail()}")
                 try:
-                    async with http.get(f"{self.url}/public/meetings/{uuid.uuid4()}",
-                                        timeout=aiohttp.ClientTimeout(total=2)) as r:
+                    async with http.get(
+                        f"{self.url}/public/meetings/{uuid.uuid4()}",
+                        timeout=aiohttp.ClientTimeout(total=2),
+                    ) as r:
                         await r.read()
                         return
                 except (TimeoutError, aiohttp.ClientError):
                     await asyncio.sleep(0.1)
-        raise RuntimeError(f"{self.kind} server not ready within {timeout:.0f} s: {self.log_tail()}")
+        raise RuntimeError(
+            f"{self.kind} server not ready within {timeout:.0f} s: {self.log_tail()}"
+        )
 
     def log_tail(self, n: int = 1500) -> str:
         try:
@@ -178,16 +198,28 @@ class ServerProcess:
 # --- client worker processes ------------------------------------------------------------------
 
 
-def _worker_main(index: int, base_url: str, specs: list[dict[str, Any]], settings: dict[str, Any],
-                 commands: Any, reports: Any) -> None:
+def _worker_main(
+    index: int,
+    base_url: str,
+    specs: list[dict[str, Any]],
+    settings: dict[str, Any],
+    commands: Any,
+    reports: Any,
+) -> None:
     try:
         asyncio.run(_worker(index, base_url, specs, settings, commands, reports))
     except Exception as exc:  # pragma: no cover - reported to the parent
         reports.put(("fatal", index, f"{exc.__class__.__name__}: {exc}"))
 
 
-async def _worker(index: int, base_url: str, specs: list[dict[str, Any]],
-                  settings: dict[str, Any], commands: Any, reports: Any) -> None:
+async def _worker(
+    index: int,
+    base_url: str,
+    specs: list[dict[str, Any]],
+    settings: dict[str, Any],
+    commands: Any,
+    reports: Any,
+) -> None:
     import aiortc.codecs.vpx
 
     from sfu.peer import IceSettings, configure_ice
@@ -199,8 +231,15 @@ async def _worker(index: int, base_url: str, specs: list[dict[str, Any]],
     parent = os.getppid()
     http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
     clients = [
-        BenchClient(ClientSpec(**s), base_url, http, width=settings["width"],
-                    height=settings["height"], fps=settings["fps"], timeout=settings["timeout"])
+        BenchClient(
+            ClientSpec(**s),
+            base_url,
+            http,
+            width=settings["width"],
+            height=settings["height"],
+            fps=settings["fps"],
+            timeout=settings["timeout"],
+        )
         for s in specs
     ]
     gate = asyncio.Semaphore(settings["concurrency"])
@@ -245,27 +284,34 @@ async def _worker(index: int, base_url: str, specs: list[dict[str, Any]],
                 t0 = min(s["at"] for s in marks["start"].values()) if clients else time.time()
                 out = []
                 for c in clients:
-                    out.append({
-                        "spec": {"user_id": c.spec.user_id, "role": c.spec.role,
-                                 "decode": c.spec.decode, "meeting_id": c.spec.meeting_id,
-                                 "publishers": c.spec.publishers},
-                        "start": marks["start"][c.spec.user_id],
-                        "end": end[c.spec.user_id],
-                        "ready": c.ready_at is not None,
-                        "first_frame_s": c.first_frame_delay(),
-                        "errors": c.errors[-5:],
-                        "e2e_ms": list(c.e2e_ms),
-                        "arrivals": list(c.arrivals),
-                        "sent": [(k, t) for k, t in c.sent_frames.items() if t >= t0 - 5],
-                    })
+                    out.append(
+                        {
+                            "spec": {
+                                "user_id": c.spec.user_id,
+                                "role": c.spec.role,
+                                "decode": c.spec.decode,
+                                "meeting_id": c.spec.meeting_id,
+                                "publishers": c.spec.publishers,
+                            },
+                            "start": marks["start"][c.spec.user_id],
+                            "end": end[c.spec.user_id],
+                            "ready": c.ready_at is not None,
+                            "first_frame_s": c.first_frame_delay(),
+                            "errors": c.errors[-5:],
+                            "e2e_ms": list(c.e2e_ms),
+                            "arrivals": list(c.arrivals),
+                            "sent": [(k, t) for k, t in c.sent_frames.items() if t >= t0 - 5],
+                        }
+                    )
                 reports.put(("result", index, {"clients": out, "cpu_s": cpu}, None))
             elif cmd == "stop":
                 return
     finally:
         for t in tasks:
             t.cancel()
-        await asyncio.gather(*(asyncio.wait_for(c.close(), 10) for c in clients),
-                             return_exceptions=True)
+        await asyncio.gather(
+            *(asyncio.wait_for(c.close(), 10) for c in clients), return_exceptions=True
+        )
         await http.close()
         reports.put(("stopped", index, None, None))
 
@@ -273,8 +319,9 @@ async def _worker(index: int, base_url: str, specs: list[dict[str, Any]],
 class Workers:
     """The client processes and their command/report queues."""
 
-    def __init__(self, base_url: str, specs: list[ClientSpec], processes: int,
-                 settings: dict[str, Any]) -> None:
+    def __init__(
+        self, base_url: str, specs: list[ClientSpec], processes: int, settings: dict[str, Any]
+    ) -> None:
         ctx = mp.get_context("spawn")
         self.reports = ctx.Queue()
         self.commands = []
@@ -285,8 +332,11 @@ class Workers:
             slices[i % n].append(asdict(spec))
         for i, chunk in enumerate(slices):
             q = ctx.Queue()
-            p = ctx.Process(target=_worker_main, args=(i, base_url, chunk, settings, q, self.reports),
-                            daemon=True)
+            p = ctx.Process(
+                target=_worker_main,
+                args=(i, base_url, chunk, settings, q, self.reports),
+                daemon=True,
+            )
             p.start()
             self.commands.append(q)
             self.procs.append(p)
@@ -334,7 +384,9 @@ class Progress:
     def bar(self, label: str, done: float, total: float, extra: str = "") -> None:
         frac = 0.0 if total <= 0 else min(1.0, done / total)
         filled = int(frac * 30)
-        self.show(f"{label} [{'#' * filled}{'.' * (30 - filled)}] {done:5.1f}/{total:.0f} s {extra}")
+        self.show(
+            f"{label} [{'#' * filled}{'.' * (30 - filled)}] {done:5.1f}/{total:.0f} s {extra}"
+        )
 
     def done(self) -> None:
         if self.enabled and self.width:
@@ -357,8 +409,14 @@ def _r(x: float | None, nd: int = 2) -> float | None:
     return None if x is None else round(x, nd)
 
 
-async def create_meetings(base_url: str, authority: Any, meetings: int, publishers: int,
-                          subscribers: int, options: argparse.Namespace) -> list[ClientSpec]:
+async def create_meetings(
+    base_url: str,
+    authority: Any,
+    meetings: int,
+    publishers: int,
+    subscribers: int,
+    options: argparse.Namespace,
+) -> list[ClientSpec]:
     specs: list[ClientSpec] = []
     async with aiohttp.ClientSession() as http:
         for m in range(meetings):
@@ -367,9 +425,15 @@ async def create_meetings(base_url: str, authority: Any, meetings: int, publishe
             subs = [str(uuid.uuid4()) for _ in range(subscribers)]
             owner = authority(pubs[0], {room: "owner"})
             headers = {"Authorization": f"Bearer {owner}"}
-            async with http.post(f"{base_url}/meetings", headers=headers, json={
-                "name": f"bench {m}", "roomId": room, "meetingType": "permanent",
-            }) as r:
+            async with http.post(
+                f"{base_url}/meetings",
+                headers=headers,
+                json={
+                    "name": f"bench {m}",
+                    "roomId": room,
+                    "meetingType": "permanent",
+                },
+            ) as r:
                 body = await r.json(content_type=None)
                 if r.status != 200:
                     raise RuntimeError(f"create meeting: HTTP {r.status} {body}")
@@ -378,13 +442,28 @@ async def create_meetings(base_url: str, authority: Any, meetings: int, publishe
                 if r.status != 200:
                     raise RuntimeError(f"start meeting: HTTP {r.status} {await r.text()}")
             for i, user in enumerate(pubs):
-                specs.append(ClientSpec(user, owner if i == 0 else authority(user, {room: "member"}),
-                                        meeting_id, "publisher", audio=options.audio,
-                                        seed=len(specs)))
+                specs.append(
+                    ClientSpec(
+                        user,
+                        owner if i == 0 else authority(user, {room: "member"}),
+                        meeting_id,
+                        "publisher",
+                        audio=options.audio,
+                        seed=len(specs),
+                    )
+                )
             for i, user in enumerate(subs):
-                specs.append(ClientSpec(user, authority(user, {room: "member"}), meeting_id,
-                                        "subscriber", decode=i < options.decoders,
-                                        audio=options.audio, publishers=pubs))
+                specs.append(
+                    ClientSpec(
+                        user,
+                        authority(user, {room: "member"}),
+                        meeting_id,
+                        "subscriber",
+                        decode=i < options.decoders,
+                        audio=options.audio,
+                        publishers=pubs,
+                    )
+                )
     return specs
 
 
@@ -399,20 +478,29 @@ def make_authority(secret: str) -> Any:
     return mint
 
 
-async def run_once(options: argparse.Namespace, kind: str, subscribers: int,
-                   progress: Progress) -> dict[str, Any]:
+async def run_once(
+    options: argparse.Namespace, kind: str, subscribers: int, progress: Progress
+) -> dict[str, Any]:
     """One measurement of one server kind at one size; every phase is bounded in time."""
     server = None
     workers = None
     label = f"{kind} S={subscribers}"
     result: dict[str, Any] = {
-        "server": kind, "meetings": options.meetings, "publishers": options.publishers,
-        "subscribers": subscribers, "decoders": min(options.decoders, subscribers),
-        "duration_s": options.duration, "load_before": list(os.getloadavg()),
+        "server": kind,
+        "meetings": options.meetings,
+        "publishers": options.publishers,
+        "subscribers": subscribers,
+        "decoders": min(options.decoders, subscribers),
+        "duration_s": options.duration,
+        "load_before": list(os.getloadavg()),
     }
     try:
         if kind == "sfu" and options.url:
-            base_url, secret, pid = options.url.rstrip("/"), options.token_secret, options.server_pid
+            base_url, secret, pid = (
+                options.url.rstrip("/"),
+                options.token_secret,
+                options.server_pid,
+            )
             if not secret:
                 raise SystemExit("--url needs --token-secret (the server's [auth] jwt_secret)")
         else:
@@ -421,15 +509,26 @@ async def run_once(options: argparse.Namespace, kind: str, subscribers: int,
             await server.wait_ready()
             base_url, secret, pid = server.url, server.secret, server.pid
         result["server_pid"] = pid
-        specs = await create_meetings(base_url, make_authority(secret), options.meetings,
-                                      options.publishers, subscribers, options)
+        specs = await create_meetings(
+            base_url,
+            make_authority(secret),
+            options.meetings,
+            options.publishers,
+            subscribers,
+            options,
+        )
         n_pub = sum(1 for s in specs if s.role == "publisher")
         n_sub = len(specs) - n_pub
         processes = options.processes or (1 if len(specs) <= 12 else 2)
         result["client_processes"] = processes
-        settings = {"bitrate": options.bitrate, "width": options.width, "height": options.height,
-                    "fps": options.fps, "timeout": options.setup_timeout,
-                    "concurrency": options.concurrency}
+        settings = {
+            "bitrate": options.bitrate,
+            "width": options.width,
+            "height": options.height,
+            "fps": options.fps,
+            "timeout": options.setup_timeout,
+            "concurrency": options.concurrency,
+        }
         workers = Workers(base_url, specs, processes, settings)
         errors: list[str] = []
 
@@ -463,8 +562,9 @@ async def run_once(options: argparse.Namespace, kind: str, subscribers: int,
 
         warm_end = time.monotonic() + options.warmup
         while time.monotonic() < warm_end:
-            progress.bar(f"{label}: warm-up", options.warmup - (warm_end - time.monotonic()),
-                         options.warmup)
+            progress.bar(
+                f"{label}: warm-up", options.warmup - (warm_end - time.monotonic()), options.warmup
+            )
             await asyncio.sleep(0.25)
 
         workers.send("mark")
@@ -507,16 +607,26 @@ async def run_once(options: argparse.Namespace, kind: str, subscribers: int,
             result["server_cpu_user_cores"] = _r(user, 3)
             result["server_cpu_sys_cores"] = _r(system, 3)
             pkts = result["forwarded_pps"] * window
-            result["cpu_us_per_packet"] = _r((user + system) * window / pkts * 1e6, 1) if pkts else None
+            result["cpu_us_per_packet"] = (
+                _r((user + system) * window / pkts * 1e6, 1) if pkts else None
+            )
         else:
-            result.update({"server_cpu_cores": None, "server_cpu_user_cores": None,
-                           "server_cpu_sys_cores": None, "cpu_us_per_packet": None})
+            result.update(
+                {
+                    "server_cpu_cores": None,
+                    "server_cpu_user_cores": None,
+                    "server_cpu_sys_cores": None,
+                    "cpu_us_per_packet": None,
+                }
+            )
         # The whole machine's busy cores in the window, and what neither the server nor the
         # bench's clients used (other work on a shared machine skews every figure).
         host = (host1[0] - host0[0]) / max(1, host1[1] - host0[1]) * (os.cpu_count() or 1)
         result["host_busy_cores"] = _r(host, 2)
         result["host_other_cores"] = _r(
-            max(0.0, host - (result["server_cpu_cores"] or 0) - (result["client_cpu_cores"] or 0)), 2)
+            max(0.0, host - (result["server_cpu_cores"] or 0) - (result["client_cpu_cores"] or 0)),
+            2,
+        )
         result["server_rss_mb"] = _r(rss, 1)
         result["server_rss_peak_mb"] = _r(hwm, 1)
         result["window_s"] = round(window, 2)
@@ -531,8 +641,9 @@ async def run_once(options: argparse.Namespace, kind: str, subscribers: int,
             server.stop()
 
 
-def _aggregate(results: list[dict[str, Any]], window: float, subscribers: int,
-               options: argparse.Namespace) -> dict[str, Any]:
+def _aggregate(
+    results: list[dict[str, Any]], window: float, subscribers: int, options: argparse.Namespace
+) -> dict[str, Any]:
     clients = [c for r in results for c in r["clients"]]
     sent: dict[int, float] = {}
     for c in clients:
@@ -592,13 +703,22 @@ def _aggregate(results: list[dict[str, Any]], window: float, subscribers: int,
         "decoded_fps_min": _r(min(decoded_fps) if decoded_fps else None),
         "decoded_fps_mean": _r(sum(decoded_fps) / len(decoded_fps) if decoded_fps else None),
         "loss_percent": _r(100 * lost / expected if expected else None, 3),
-        "join_to_first_frame_ms": {"p50": _r(pct(first_frame, 50), 1),
-                                   "p95": _r(pct(first_frame, 95), 1),
-                                   "samples": len(first_frame)},
-        "latency_forward_ms": {"p50": _r(pct(forward, 50)), "p95": _r(pct(forward, 95)),
-                               "samples": len(forward), "frames": arrivals},
-        "latency_e2e_ms": {"p50": _r(pct(e2e, 50), 1), "p95": _r(pct(e2e, 95), 1),
-                           "samples": len(e2e)},
+        "join_to_first_frame_ms": {
+            "p50": _r(pct(first_frame, 50), 1),
+            "p95": _r(pct(first_frame, 95), 1),
+            "samples": len(first_frame),
+        },
+        "latency_forward_ms": {
+            "p50": _r(pct(forward, 50)),
+            "p95": _r(pct(forward, 95)),
+            "samples": len(forward),
+            "frames": arrivals,
+        },
+        "latency_e2e_ms": {
+            "p50": _r(pct(e2e, 50), 1),
+            "p95": _r(pct(e2e, 95), 1),
+            "samples": len(e2e),
+        },
         "client_cpu_cores": _r(cpu_s / window, 3),
         "client_errors": errors[:20],
     }
@@ -623,14 +743,24 @@ def ratios(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for ours in runs:
         if ours["server"] != "sfu":
             continue
-        base = next((b for b in runs if b["server"] == "baseline"
-                     and b["subscribers"] == ours["subscribers"]
-                     and b["meetings"] == ours["meetings"]
-                     and b["publishers"] == ours["publishers"]), None)
+        base = next(
+            (
+                b
+                for b in runs
+                if b["server"] == "baseline"
+                and b["subscribers"] == ours["subscribers"]
+                and b["meetings"] == ours["meetings"]
+                and b["publishers"] == ours["publishers"]
+            ),
+            None,
+        )
         if base is None:
             continue
-        row: dict[str, Any] = {"meetings": ours["meetings"], "publishers": ours["publishers"],
-                               "subscribers": ours["subscribers"]}
+        row: dict[str, Any] = {
+            "meetings": ours["meetings"],
+            "publishers": ours["publishers"],
+            "subscribers": ours["subscribers"],
+        }
         for key, name in RATIO_KEYS:
             a, b = ours.get(key), base.get(key)
             row[name] = round(a / b, 3) if a is not None and b else None
@@ -649,24 +779,53 @@ def _f(x: Any, nd: int = 1) -> str:
     return str(x)
 
 
+def _pair(q: dict[str, Any], nd: int) -> str:
+    return f"{_f(q['p50'], nd)}/{_f(q['p95'], nd)}"
+
+
 def table(runs: list[dict[str, Any]], ratio_rows: list[dict[str, Any]]) -> str:
-    head = ["server", "M", "P", "S", "cpu cores", "pkt/s", "Mbit/s", "us/pkt", "fps min/mean",
-            "dec fps", "loss %", "join->frame p50/p95 ms", "fwd lat p50/p95 ms",
-            "e2e lat p50/p95 ms", "RSS MB", "client cpu", "other cpu"]
+    head = [
+        "server",
+        "M",
+        "P",
+        "S",
+        "cpu cores",
+        "pkt/s",
+        "Mbit/s",
+        "us/pkt",
+        "fps min/mean",
+        "dec fps",
+        "loss %",
+        "join->frame p50/p95 ms",
+        "fwd lat p50/p95 ms",
+        "e2e lat p50/p95 ms",
+        "RSS MB",
+        "client cpu",
+        "other cpu",
+    ]
     rows = [head]
     for r in runs:
-        rows.append([
-            r["server"], str(r["meetings"]), str(r["publishers"]), str(r["subscribers"]),
-            _f(r["server_cpu_cores"], 3), _f(r["forwarded_pps"], 0),
-            _f(r["forwarded_bps"] / 1e6 if r["forwarded_bps"] is not None else None, 2),
-            _f(r["cpu_us_per_packet"]),
-            f"{_f(r['fps_min'])}/{_f(r['fps_mean'])}", _f(r["decoded_fps_mean"]),
-            _f(r["loss_percent"], 2),
-            f"{_f(r['join_to_first_frame_ms']['p50'], 0)}/{_f(r['join_to_first_frame_ms']['p95'], 0)}",
-            f"{_f(r['latency_forward_ms']['p50'], 2)}/{_f(r['latency_forward_ms']['p95'], 2)}",
-            f"{_f(r['latency_e2e_ms']['p50'], 0)}/{_f(r['latency_e2e_ms']['p95'], 0)}",
-            _f(r["server_rss_mb"]), _f(r["client_cpu_cores"], 2), _f(r["host_other_cores"], 2),
-        ])
+        rows.append(
+            [
+                r["server"],
+                str(r["meetings"]),
+                str(r["publishers"]),
+                str(r["subscribers"]),
+                _f(r["server_cpu_cores"], 3),
+                _f(r["forwarded_pps"], 0),
+                _f(r["forwarded_bps"] / 1e6 if r["forwarded_bps"] is not None else None, 2),
+                _f(r["cpu_us_per_packet"]),
+                f"{_f(r['fps_min'])}/{_f(r['fps_mean'])}",
+                _f(r["decoded_fps_mean"]),
+                _f(r["loss_percent"], 2),
+                _pair(r["join_to_first_frame_ms"], 0),
+                _pair(r["latency_forward_ms"], 2),
+                _pair(r["latency_e2e_ms"], 0),
+                _f(r["server_rss_mb"]),
+                _f(r["client_cpu_cores"], 2),
+                _f(r["host_other_cores"], 2),
+            ]
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in rows]
     if ratio_rows:
@@ -687,28 +846,45 @@ def table(runs: list[dict[str, Any]], ratio_rows: list[dict[str, Any]]) -> str:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="meeting-sfu bench", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="meeting-sfu bench",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--meetings", "-m", type=int, default=1)
     p.add_argument("--publishers", "-p", type=int, default=1, help="per meeting")
     p.add_argument("--subscribers", "-s", type=int, default=5, help="per meeting")
     p.add_argument("--sweep", help="comma-separated subscriber counts (replaces --subscribers)")
     p.add_argument("--duration", "-d", type=float, default=10.0, help="measuring window, s")
     p.add_argument("--warmup", type=float, default=3.0, help="s between setup and window")
-    p.add_argument("--decoders", type=int, default=2,
-                   help="subscribers per meeting that decode video; the others are light")
-    p.add_argument("--audio", action="store_true",
-                   help="every client also opens the audio PC (publishers send a tone)")
-    p.add_argument("--processes", type=int, default=0,
-                   help="client processes (default: 1 up to 12 clients, else 2)")
+    p.add_argument(
+        "--decoders",
+        type=int,
+        default=2,
+        help="subscribers per meeting that decode video; the others are light",
+    )
+    p.add_argument(
+        "--audio",
+        action="store_true",
+        help="every client also opens the audio PC (publishers send a tone)",
+    )
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=0,
+        help="client processes (default: 1 up to 12 clients, else 2)",
+    )
     p.add_argument("--concurrency", type=int, default=8, help="client set-ups at once per process")
     p.add_argument("--bitrate", type=int, default=1_200_000, help="VP8 start bitrate, bit/s")
     p.add_argument("--width", type=int, default=640)
     p.add_argument("--height", type=int, default=480)
     p.add_argument("--fps", type=int, default=30)
     p.add_argument("--setup-timeout", type=float, default=20.0, help="per client, s")
-    p.add_argument("--baseline", action="store_true",
-                   help="also measure the naive MediaRelay server at each size")
+    p.add_argument(
+        "--baseline",
+        action="store_true",
+        help="also measure the naive MediaRelay server at each size",
+    )
     p.add_argument("--baseline-only", action="store_true", help="measure only the baseline")
     p.add_argument("--url", help="a running server (else `meeting-sfu serve` is started)")
     p.add_argument("--token-secret", help="the running server's JWT secret (with --url)")
@@ -720,8 +896,11 @@ def parser() -> argparse.ArgumentParser:
 
 async def run(options: argparse.Namespace) -> dict[str, Any]:
     sizes = [int(x) for x in options.sweep.split(",")] if options.sweep else [options.subscribers]
-    kinds = ["baseline"] if options.baseline_only else (
-        ["sfu", "baseline"] if options.baseline else ["sfu"])
+    kinds = (
+        ["baseline"]
+        if options.baseline_only
+        else (["sfu", "baseline"] if options.baseline else ["sfu"])
+    )
     progress = Progress(not options.quiet)
     started = time.time()
     runs = []
@@ -732,8 +911,15 @@ async def run(options: argparse.Namespace) -> dict[str, Any]:
             except (RuntimeError, OSError) as exc:
                 progress.done()
                 print(f"bench: {kind} S={size} failed: {exc}", file=sys.stderr)
-                runs.append({"server": kind, "subscribers": size, "meetings": options.meetings,
-                             "publishers": options.publishers, "failed": str(exc)})
+                runs.append(
+                    {
+                        "server": kind,
+                        "subscribers": size,
+                        "meetings": options.meetings,
+                        "publishers": options.publishers,
+                        "failed": str(exc),
+                    }
+                )
     ok = [r for r in runs if "failed" not in r]
     return {
         "bench": "meeting-sfu load",
@@ -741,9 +927,14 @@ async def run(options: argparse.Namespace) -> dict[str, Any]:
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "host": {"cpus": os.cpu_count(), "load_at_start": None},
         "settings": {
-            "meetings": options.meetings, "publishers": options.publishers, "sizes": sizes,
-            "duration_s": options.duration, "warmup_s": options.warmup,
-            "decoders": options.decoders, "audio": options.audio, "bitrate": options.bitrate,
+            "meetings": options.meetings,
+            "publishers": options.publishers,
+            "sizes": sizes,
+            "duration_s": options.duration,
+            "warmup_s": options.warmup,
+            "decoders": options.decoders,
+            "audio": options.audio,
+            "bitrate": options.bitrate,
             "video": f"VP8 {options.width}x{options.height} {options.fps} fps",
         },
         "runs": runs,
@@ -763,8 +954,7 @@ def main(argv: list[str] | None = None) -> int:
     report["host"]["load_at_start"] = load
     ok = [r for r in report["runs"] if "failed" not in r]
     print(table(ok, report["ratios"]))
-    print(f"load average at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; "
-          f"{os.cpu_count()} CPUs")
+    print(f"load average at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; {os.cpu_count()} CPUs")
     if options.json:
         Path(options.json).parent.mkdir(parents=True, exist_ok=True)
         Path(options.json).write_text(json.dumps(report, indent=2) + "\n")

@@ -1,7 +1,7 @@
 """Charts of bench result files: server CPU, latency and frame rate against subscribers, one
 series per server (our SFU, the naive baseline) and meeting shape.
 
-    .venv/bin/python -m bench.plot bench/results/sweep.json [more.json ...] --out bench/results/sweep
+    .venv/bin/python -m bench.plot bench/results/run.json [more.json ...] --out bench/results/run
 
 writes <out>-cpu.png, <out>-latency.png and <out>-fps.png (needs the `bench` extra: matplotlib).
 """
@@ -85,7 +85,9 @@ def plot(paths: list[str], out: str) -> list[Path]:
         xs = [r["subscribers"] for r in rs]
         color = COLORS.get(key[0])
         ax.plot(xs, [r["server_cpu_cores"] for r in rs], "o-", color=color, label=_label(key, many))
-        ax2.plot(xs, [r["cpu_us_per_packet"] for r in rs], "o-", color=color, label=_label(key, many))
+        ax2.plot(
+            xs, [r["cpu_us_per_packet"] for r in rs], "o-", color=color, label=_label(key, many)
+        )
     ax2.set_yscale("log")
     xaxis(ax2)
     ax2.set_ylabel("server CPU per forwarded packet (us, log)")
@@ -100,18 +102,31 @@ def plot(paths: list[str], out: str) -> list[Path]:
         xs = [r["subscribers"] for r in rs]
         color = COLORS.get(key[0])
         lab = _label(key, many)
-        ax.plot(xs, [r["latency_e2e_ms"]["p50"] for r in rs], "o-", color=color,
-                label=f"{lab}: e2e p50")
-        ax.plot(xs, [r["latency_e2e_ms"]["p95"] for r in rs], "o--", color=color, alpha=0.6,
-                label=f"{lab}: e2e p95")
+        ax.plot(
+            xs, [r["latency_e2e_ms"]["p50"] for r in rs], "o-", color=color, label=f"{lab}: e2e p50"
+        )
+        ax.plot(
+            xs,
+            [r["latency_e2e_ms"]["p95"] for r in rs],
+            "o--",
+            color=color,
+            alpha=0.6,
+            label=f"{lab}: e2e p95",
+        )
         for q, style in (("p50", "s-"), ("p95", "s:")):
             fwd = [r["latency_forward_ms"][q] for r in rs]
             if any(v is not None for v in fwd):
                 ax.plot(xs, fwd, style, color=color, alpha=0.8, label=f"{lab}: forwarding {q}")
     ax.set_yscale("log")
-    finish(fig, ax, "latency (ms, log)", "latency",
-           "Publisher -> subscriber latency\n(e2e: capture to decoded frame; forwarding: RTP send to arrival)",
-           ybottom=False)
+    finish(
+        fig,
+        ax,
+        "latency (ms, log)",
+        "latency",
+        "Publisher -> subscriber latency\n"
+        "(e2e: capture to decoded frame; forwarding: RTP send to arrival)",
+        ybottom=False,
+    )
 
     # Frame rate received per subscriber stream.
     fig, ax = plt.subplots(figsize=(7, 4.2))

@@ -14,25 +14,84 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 RUN_FIELDS = {
-    "server", "meetings", "publishers", "subscribers", "decoders", "duration_s", "window_s",
-    "server_pid", "client_processes", "publishers_ready", "subscribers_ready", "setup_s",
-    "subscriber_streams", "server_cpu_cores", "server_cpu_user_cores", "server_cpu_sys_cores",
-    "forwarded_pps", "forwarded_bps", "audio_mix_pps", "cpu_us_per_packet", "fps_min", "fps_mean",
-    "decoded_fps_min", "decoded_fps_mean", "loss_percent", "join_to_first_frame_ms",
-    "latency_forward_ms", "latency_e2e_ms", "server_rss_mb", "server_rss_peak_mb",
-    "client_cpu_cores", "client_errors", "host_busy_cores", "host_other_cores", "setup_errors",
-    "load_before", "load_after",
+    "server",
+    "meetings",
+    "publishers",
+    "subscribers",
+    "decoders",
+    "duration_s",
+    "window_s",
+    "server_pid",
+    "client_processes",
+    "publishers_ready",
+    "subscribers_ready",
+    "setup_s",
+    "subscriber_streams",
+    "server_cpu_cores",
+    "server_cpu_user_cores",
+    "server_cpu_sys_cores",
+    "forwarded_pps",
+    "forwarded_bps",
+    "audio_mix_pps",
+    "cpu_us_per_packet",
+    "fps_min",
+    "fps_mean",
+    "decoded_fps_min",
+    "decoded_fps_mean",
+    "loss_percent",
+    "join_to_first_frame_ms",
+    "latency_forward_ms",
+    "latency_e2e_ms",
+    "server_rss_mb",
+    "server_rss_peak_mb",
+    "client_cpu_cores",
+    "client_errors",
+    "host_busy_cores",
+    "host_other_cores",
+    "setup_errors",
+    "load_before",
+    "load_after",
 }
-RATIO_FIELDS = {"meetings", "publishers", "subscribers", "cpu", "cpu_per_packet", "fps_mean",
-                "fps_min", "decoded_fps_mean", "rss", "latency_e2e_p50", "latency_e2e_p95"}
+RATIO_FIELDS = {
+    "meetings",
+    "publishers",
+    "subscribers",
+    "cpu",
+    "cpu_per_packet",
+    "fps_mean",
+    "fps_min",
+    "decoded_fps_mean",
+    "rss",
+    "latency_e2e_p50",
+    "latency_e2e_p95",
+}
 
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("bench") / "smoke.json"
-    cmd = [sys.executable, "-m", "control_api.cli", "bench", "--meetings", "1", "--publishers", "1",
-           "--subscribers", "2", "--decoders", "1", "--duration", "3", "--warmup", "1",
-           "--baseline", "--quiet", "--json", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "control_api.cli",
+        "bench",
+        "--meetings",
+        "1",
+        "--publishers",
+        "1",
+        "--subscribers",
+        "2",
+        "--decoders",
+        "1",
+        "--duration",
+        "3",
+        "--warmup",
+        "1",
+        "--baseline",
+        "--quiet",
+        "--json",
+        str(out),
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=150, check=False)
     if not out.exists():
         pytest.fail(f"no report (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr[-3000:]}")

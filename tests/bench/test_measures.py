@@ -48,13 +48,28 @@ def test_rtp_payload_skips_csrc_and_extension():
 
 
 def test_sdp_sections_media_ssrcs_without_rtx():
-    sdp = "\r\n".join([
-        "v=0", "m=video 9 UDP/TLS/RTP/SAVPF 97 98", "a=mid:0", "a=sendonly",
-        "a=ssrc-group:FID 111 222", "a=ssrc:111 cname:x", "a=ssrc:222 cname:x",
-        "m=audio 9 UDP/TLS/RTP/SAVPF 111", "a=mid:1", "a=ssrc:333 cname:y", "",
-    ])
+    sdp = "\r\n".join(
+        [
+            "v=0",
+            "m=video 9 UDP/TLS/RTP/SAVPF 97 98",
+            "a=mid:0",
+            "a=sendonly",
+            "a=ssrc-group:FID 111 222",
+            "a=ssrc:111 cname:x",
+            "a=ssrc:222 cname:x",
+            "m=audio 9 UDP/TLS/RTP/SAVPF 111",
+            "a=mid:1",
+            "a=ssrc:333 cname:y",
+            "",
+        ]
+    )
     video, audio = sdp_sections(sdp)
-    assert (video["mid"], video["kind"], video["ssrcs"], video["direction"]) == ("0", "video", [111], "sendonly")
+    assert (video["mid"], video["kind"], video["ssrcs"], video["direction"]) == (
+        "0",
+        "video",
+        [111],
+        "sendonly",
+    )
     assert (audio["kind"], audio["ssrcs"]) == ("audio", [333])
 
 
