@@ -310,9 +310,12 @@ async function publish(kind) {
 
 async function unpublish(kind) {
   if (!S.pcs[kind]) return;
-  stopLocal(kind);
-  render();
-  await api("PUT", meetingPath("/media"), { type: kind, enabled: false });
+  try { // tell the server first, then hang up (else it sees a lost peer)
+    await api("PUT", meetingPath("/media"), { type: kind, enabled: false });
+  } finally {
+    stopLocal(kind);
+    render();
+  }
 }
 
 function stopLocal(kind) {

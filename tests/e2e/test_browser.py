@@ -106,10 +106,11 @@ class User:
         page.on("pageerror", lambda exc: self.errors.append(f"pageerror: {exc}"))
 
     @classmethod
-    async def open(cls, browser: Any, url: str, name: str) -> User:
-        # The page's CSP forbids eval, which playwright's polling waits use: let the test in.
+    async def open(cls, browser: Any, url: str, name: str, *, bypass_csp: bool = True) -> User:
+        # The page's CSP forbids eval, which playwright's polling waits use: let the test in
+        # (test_page_works_under_its_csp checks the page under its CSP).
         context = await browser.new_context(
-            viewport={"width": 1280, "height": 860}, bypass_csp=True
+            viewport={"width": 1280, "height": 860}, bypass_csp=bypass_csp
         )
         page = await context.new_page()
         page.set_default_timeout(15000)
@@ -310,6 +311,25 @@ async def test_guest_in_waiting_room_rejected(server, browser):
     await bob.wait_status("error")
     assert "turned you away" in await bob.page.inner_text("#status")
     await alice.wait_participants({alice.user_id})
+
+
+async def test_page_works_under_its_csp(server, browser):
+    # Selector waits only: they need no eval, which the page's CSP forbids.
+    alice = await User.open(browser, server.url + "/demo", "Alice", bypass_csp=False)
+    console: list[str] = []
+    alice.page.on("console", lambda m: console.append(m.text) if m.type == "error" else None)
+    await alice.page.fill("#name", "Alice")
+    await alice.click("#mint")
+    await alice.page.wait_for_selector("#create:not([disabled])")
+    await alice.click("#create")
+    await alice.page.wait_for_selector("#start:not([disabled])")
+    await alice.click("#start")
+    await alice.page.wait_for_selector("#join:not([disabled])")
+    await alice.click("#join")
+    await alice.page.wait_for_selector('#status[data-state="joined"]')
+    await alice.page.wait_for_selector("#participants li")
+    assert not [c for c in console if "Content Security Policy" in c], console
+    alice.check_no_page_errors()
 
 
 # --- media -----------------------------------------------------------------------------------
