@@ -64,9 +64,12 @@ def _from_loopback(request: web.Request) -> bool:
     if "Forwarded" in request.headers or "X-Forwarded-For" in request.headers:
         return False
     try:
-        return ipaddress.ip_address((request.remote or "").split("%")[0]).is_loopback
+        address = ipaddress.ip_address((request.remote or "").split("%")[0])
     except ValueError:
         return False  # a unix socket or an unknown peer
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # ::ffff:127.0.0.1 from a dual-stack socket
+    return address.is_loopback
 
 
 def _same_origin(request: web.Request) -> bool:
