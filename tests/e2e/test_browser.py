@@ -285,6 +285,8 @@ async def test_waiting_room_accept_then_leave(server, browser):
     await bob.wait_status("waiting")
 
     # Alice is told, sees Bob in her waiting room and lets him in; his page joins again.
+    await alice.page.wait_for_selector(f'#waiting li[data-user="{bob.user_id}"]')
+    await alice.screenshot("waiting-room-queue")
     await alice.page.click(f'#waiting li[data-user="{bob.user_id}"] button.accepted')
     await bob.wait_status("joined")
     both = {alice.user_id, bob.user_id}
