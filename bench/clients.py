@@ -364,7 +364,8 @@ class BenchClient:
         self.ready_at: float | None = None
         # publisher
         self.camera: CameraTrack | None = None
-        self.sent_frames: dict[int, float] = {}  # payload CRC of a frame's last packet -> send time
+        # payload CRC of a frame's last packet -> send time, in the window
+        self.sent_frames: dict[int, float] = {}
         # subscriber
         self.sub_pc: RTCPeerConnection | None = None
         self.counters: dict[int, StreamCounter] = {}  # media SSRC -> counters
@@ -492,7 +493,7 @@ class BenchClient:
         sent = self.sent_frames
 
         async def send_rtp(data: bytes) -> None:
-            if data[1] & 0x80:
+            if data[1] & 0x80 and self.recording:  # bounded by the window
                 sent.setdefault(zlib.crc32(rtp_payload(data)), time.time())
             await original(data)
 

@@ -271,6 +271,7 @@ async def _worker(
             elif cmd == "mark":
                 for c in clients:
                     c.arrivals.clear()
+                    c.sent_frames.clear()
                     c.e2e_ms.clear()
                     c.recording = True
                 marks["start"] = {c.spec.user_id: c.snapshot() for c in clients}
