@@ -274,7 +274,6 @@ async def test_the_mix_is_clocked_every_20_ms(bridge, clients):
     gaps = sorted(b[0] - a[0] for a, b in itertools.pairwise(rtp))
     assert 0.015 < gaps[len(gaps) // 2] < 0.025  # median
     assert gaps[-1] < 0.15  # this process also runs three clients: a stall is caught up
-    assert bridge.ticker.skipped == 0
     assert all((b[2] - a[2]) & 0xFFFFFFFF == FRAME for a, b in itertools.pairwise(rtp))
 
 
