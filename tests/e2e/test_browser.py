@@ -430,6 +430,7 @@ async def test_two_browsers_hear_each_other(server, browser):
         await grows(user, "audio", "packetsReceived")
         await grows(user, "audio", "totalAudioEnergy")
     await alice.screenshot("audio")
+    await bob.screenshot("audio")
     # Bob's microphone plays a steady tone: Alice's page shows him talking.
     await alice.page.wait_for_selector(
         f'#participants li.talking[data-user="{bob.user_id}"]', timeout=10000
