@@ -69,13 +69,16 @@ def plot(paths: list[str], out: str) -> list[Path]:
         ax.set_ylabel(ylabel)
         ax.set_title(title)
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
+        if len(ax.get_lines()) > 4:  # many series: the legend goes right of the plot
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        else:
+            ax.legend(fontsize=8)
         if ybottom:
             ax.set_ylim(bottom=0)
         fig.tight_layout()
         path = Path(f"{out}-{name}.png")
         path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
+        fig.savefig(path, dpi=110, bbox_inches="tight")
         plt.close(fig)
         written.append(path)
 
@@ -129,7 +132,7 @@ def plot(paths: list[str], out: str) -> list[Path]:
     )
 
     # Frame rate received per subscriber stream.
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = plt.subplots(figsize=(10, 4.2))
     for key, rs in groups.items():
         xs = [r["subscribers"] for r in rs]
         color = COLORS.get(key[0])
