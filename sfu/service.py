@@ -163,7 +163,9 @@ class LocalMediaService:
         def on_talking(user_id: str, is_talking: bool) -> None:
             self._emit(TalkingChanged(meeting_id, user_id, is_talking))
 
-        bridge = self._bridges[meeting_id] = audio.AudioBridge(meeting_id, on_talking, settings)
+        bridge = self._bridges[meeting_id] = audio.AudioBridge(
+            meeting_id, on_talking, settings, stats=self.stats
+        )
         recording = self._recordings.get(meeting_id)
         if recording is not None:
             recording.attach_bridge(bridge)

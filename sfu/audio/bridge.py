@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +22,7 @@ from aiortc.sdp import SessionDescription
 
 from .. import aiortc_hooks as hooks
 from ..api import MediaError, bad_sdp
+from ..metrics import MediaStats
 from ..peer import create_peer_connection, local_sdp, parse_session_description
 from .clock import Ticker
 from .mixer import Member, Mixer, MixOutput, MixTap
@@ -67,8 +69,10 @@ class AudioBridge:
         meeting_id: str,
         on_talking: Callable[[str, bool], None],
         settings: AudioSettings | None = None,
+        stats: MediaStats | None = None,
     ) -> None:
         self.meeting_id = meeting_id
+        self.stats = stats  # the media service's counters (packets, mixer tick time)
         self.settings = settings if settings is not None else AudioSettings()
         self.mixer = Mixer(self.settings, on_talking)
         self.ticker = Ticker(self._tick)
@@ -209,6 +213,7 @@ class AudioBridge:
         p = self._participants.get(user_id)
         if p is None:
             p = self._participants[user_id] = _Participant(user_id, self.mixer.add(user_id))
+            p.member.input.stats = self.stats
         return p
 
     def _new_pc(self, p: _Participant) -> RTCPeerConnection:
@@ -271,6 +276,7 @@ class AudioBridge:
             out.protect, out.sendto, out.addr = path.protect, path.sendto, path.addr
         else:
             p.member.output = MixOutput(ssrc, pt, path.protect, path.sendto, path.addr)
+            p.member.output.stats = self.stats
 
     def _forget_pc(self, p: _Participant) -> None:
         p.pc = None
@@ -296,7 +302,10 @@ class AudioBridge:
             for p in self._participants.values():
                 if p.wants_output:
                     self._bind_output(p)
+        started = time.perf_counter()
         self.mixer.tick(n)
+        if self.stats is not None:
+            self.stats.mixer_tick_seconds.observe(time.perf_counter() - started)
 
 
 def _current_pc_only(p: _Participant, pc: RTCPeerConnection) -> Callable[[bytes], None]:

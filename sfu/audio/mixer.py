@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ..metrics import MediaStats
 from ..rtp import HEADER, ntp_from_unix, payload_end, payload_offset
 from .codec import FRAME_SAMPLES, SAMPLE_RATE, OpusDecoder, OpusEncoder
 from .level import SILENT, TalkingDetector, audio_level_extension, level_of
@@ -50,10 +51,12 @@ class MixInput:
         "packets",
         "payload_type",
         "ssrc",
+        "stats",
         "window",
     )
 
     def __init__(self, jitter_frames: int = 4) -> None:
+        self.stats: MediaStats | None = None  # the media service's counters, when attached
         self.enabled = False
         self.payload_type = -1
         self.level_ext_id = 0
@@ -117,6 +120,9 @@ class MixInput:
         self.last_seq = seq
         self.last_arrival = now
         self.packets += 1
+        if self.stats is not None:
+            self.stats.rtp_packets_in["audio"] += 1
+            self.stats.rtp_bytes_in["audio"] += len(data)
         if not self.enabled:
             return  # muted: not decoded at all
         if self.budget <= 0:
@@ -205,6 +211,7 @@ class MixOutput:
         "sendto",
         "seq",
         "ssrc",
+        "stats",
         "ts_offset",
     )
 
@@ -229,6 +236,7 @@ class MixOutput:
         self.last_ts = 0
         self.last_sent: float | None = None
         self.errors = 0
+        self.stats: MediaStats | None = None
 
     def send(self, payload: bytes, timestamp: int) -> None:
         ts = (self.ts_offset + timestamp) & 0xFFFFFFFF
@@ -242,6 +250,9 @@ class MixOutput:
             return
         self.packets += 1
         self.octets += len(payload)
+        if self.stats is not None:
+            self.stats.rtp_packets_out["audio"] += 1
+            self.stats.rtp_bytes_out["audio"] += len(payload) + 12
         self.last_ts = ts
         self.last_sent = time.monotonic()
 

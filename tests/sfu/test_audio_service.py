@@ -47,6 +47,11 @@ async def test_service_mixes_mutes_and_reports_talking(service, events, pair):
     await service.set_audio_enabled(MEETING, "alice", False)
     await events.wait(TalkingChanged, user_id="alice", is_talking=False)
     await hears(pair["bob"], present=set(), absent={"alice", "bob"})
+    stats = service.stats  # what /metrics shows for audio
+    assert stats.rtp_packets_in["audio"] >= 50 and stats.rtp_bytes_in["audio"] > 1000
+    assert stats.rtp_packets_out["audio"] >= 50  # a packet per listener every 20 ms
+    assert stats.mixer_tick_seconds.count >= 50
+    assert 0 < stats.mixer_tick_seconds.total / stats.mixer_tick_seconds.count < 0.02
 
 
 async def test_service_leave_and_meeting_close(service, pair):
