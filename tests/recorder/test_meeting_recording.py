@@ -19,7 +19,10 @@ import pytest
 from control_api.auth import TokenAuthority
 from control_api.keys import STORE
 from tests.helpers import SECRET, new_id, start_server
+from aiortc import RTCSessionDescription
+
 from tests.sfu.clients import Publisher, bounded, read_counter
+from tests.sfu.test_audio_bridge import Client as AudioClient
 
 
 @pytest.fixture
@@ -52,6 +55,20 @@ async def _join(server, token: str, meeting_id: str):
     return events
 
 
+async def _talk(server, token: str, events, meeting_id: str, client: AudioClient) -> None:
+    """Audio PC as a Carbonio client does it: offer, answer by event, then unmute."""
+    status, body = await server.call(
+        "PUT", f"/meetings/{meeting_id}/audio/offer", token, {"sdp": await client.offer()}
+    )
+    assert status == 204, body
+    answered = await events.wait("MEETING_AUDIO_ANSWERED", timeout=10)
+    await bounded(client.pc.setRemoteDescription(RTCSessionDescription(answered["sdp"], "answer")))
+    status, body = await server.call(
+        "PUT", f"/meetings/{meeting_id}/audio", token, {"enabled": True}
+    )
+    assert status == 204, body
+
+
 async def _publish(server, token: str, events, meeting_id: str, pub: Publisher) -> None:
     status, body = await server.call(
         "PUT", f"/meetings/{meeting_id}/media", token,
@@ -60,6 +77,32 @@ async def _publish(server, token: str, events, meeting_id: str, pub: Publisher) 
     assert status == 204, body
     answered = await events.wait("MEETING_SDP_ANSWERED", timeout=10)
     await bounded(pub.accept(answered["sdp"]))
+
+
+def _assert_tones(path: Path, early: set[float], late: set[float]) -> None:
+    """The mix's first second holds the `early` tones, its last second the `late` ones."""
+    import numpy as np
+
+    with av.open(str(path)) as container:
+        stream = next(s for s in container.streams if s.type == "audio")
+        chunks = []
+        for frame in container.decode(stream):
+            data = frame.to_ndarray()
+            if not frame.format.is_planar:  # interleaved: one row of channel-interleaved samples
+                data = data.reshape(-1, frame.layout.nb_channels).T
+            chunks.append(data[0].astype(float))
+            rate = frame.sample_rate
+    samples = np.concatenate(chunks)
+
+    def tones(part: np.ndarray) -> set[float]:
+        spectrum = np.abs(np.fft.rfft(part * np.hanning(len(part))))
+        freqs = np.fft.rfftfreq(len(part), 1 / rate)
+        peak = spectrum.max()
+        return {f for f in (440.0, 700.0, 1000.0)  # 1000 Hz: nobody sends it
+                if spectrum[np.abs(freqs - f) < 15].max() > 0.1 * peak}
+
+    assert tones(samples[int(0.2 * rate):int(1.2 * rate)]) == early
+    assert tones(samples[-int(1.2 * rate):-int(0.2 * rate)]) == late
 
 
 def _streams(path: Path) -> dict[str, dict]:
@@ -110,8 +153,10 @@ async def test_two_publishers_one_late_recorded_into_one_file(server):
 
     alice_pub = Publisher("VP8", tint=10)
     bob_pub = Publisher("H264", tint=90, start=5000)
+    alice_mic, bob_mic = AudioClient(alice, 440.0), AudioClient(bob, 700.0)
     try:
         await _publish(server, alice_token, alice_events, meeting_id, alice_pub)
+        await _talk(server, alice_token, alice_events, meeting_id, alice_mic)
         status, _ = await server.call("POST", f"/meetings/{meeting_id}/startRecording", alice_token)
         assert status == 204
         started = await bob_events.wait("MEETING_RECORDING_STARTED")
@@ -125,6 +170,7 @@ async def test_two_publishers_one_late_recorded_into_one_file(server):
         await asyncio.sleep(1.5)
         alice_sent_at_late = alice_pub.track.count
         await _publish(server, bob_token, bob_events, meeting_id, bob_pub)
+        await _talk(server, bob_token, bob_events, meeting_id, bob_mic)
         bob_first = bob_pub.track.count
         await asyncio.sleep(2.0)
 
@@ -151,13 +197,17 @@ async def test_two_publishers_one_late_recorded_into_one_file(server):
         assert not carol_events.of_type("MEETING_RECORDING_STARTED")
         assert not carol_events.of_type("MEETING_RECORDING_STOPPED")
     finally:
-        await alice_pub.close()
-        await bob_pub.close()
+        for client in (alice_pub, bob_pub, alice_mic, bob_mic):
+            await client.close()
 
     assert target.read_bytes() == b"an older recording"
     final = target.with_name("weekly-1.mkv")
     streams = _streams(final)
-    assert set(streams) == {f"{alice}/video", f"{bob}/video"}
+    assert set(streams) == {f"{alice}/video", f"{bob}/video", "audio mix"}
+    mix = streams["audio mix"]
+    assert mix["codec"] == "opus"
+    assert 3.0 <= mix["duration"] <= 4.2 and mix["packets"] >= 0.8 * 50 * mix["duration"]
+    _assert_tones(final, early={440.0}, late={440.0, 700.0})
     a, b = streams[f"{alice}/video"], streams[f"{bob}/video"]
     assert a["codec"] == "vp8" and b["codec"] == "h264"
     # Alice recorded for ~3.5 s from a keyframe on; Bob for ~2 s, starting ~1.5 s in.
