@@ -64,7 +64,15 @@ def plot(paths: list[str], out: str) -> list[Path]:
         ax.set_xticklabels([str(s) for s in sizes])
         ax.set_xlabel("subscribers per meeting")
 
-    def finish(fig: Any, ax: Any, ylabel: str, name: str, title: str, ybottom: bool = True) -> None:
+    def finish(
+        fig: Any,
+        ax: Any,
+        ylabel: str,
+        name: str,
+        title: str,
+        ybottom: bool = True,
+        legend: str = "upper left",
+    ) -> None:
         xaxis(ax)
         ax.set_ylabel(ylabel)
         ax.set_title(title)
@@ -72,7 +80,7 @@ def plot(paths: list[str], out: str) -> list[Path]:
         if len(ax.get_lines()) > 4:  # many series: the legend goes right of the plot
             ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         else:
-            ax.legend(fontsize=8)
+            ax.legend(fontsize=8, loc=legend)
         if ybottom:
             ax.set_ylim(bottom=0)
         fig.tight_layout()
@@ -139,7 +147,14 @@ def plot(paths: list[str], out: str) -> list[Path]:
         lab = _label(key, many)
         ax.plot(xs, [r["fps_mean"] for r in rs], "o-", color=color, label=f"{lab}: mean")
         ax.plot(xs, [r["fps_min"] for r in rs], "v--", color=color, alpha=0.6, label=f"{lab}: min")
-    finish(fig, ax, "frames/s received per subscriber stream", "fps", "Frame rate at subscribers")
+    finish(
+        fig,
+        ax,
+        "frames/s received per subscriber stream",
+        "fps",
+        "Frame rate at subscribers",
+        legend="lower left",
+    )
     return written
 
 
