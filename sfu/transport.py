@@ -73,6 +73,9 @@ class Slot:
         return hooks.sender_ssrcs(self.transceiver.sender)[0]
 
 
+# How long an unanswered offer of the receive PC holds back a new one before it counts as lost.
+PENDING_OFFER_SECONDS = 10.0
+
 _MSID_LINE = re.compile(r"^a=msid:.*$")
 
 
@@ -127,6 +130,7 @@ class SubscriberTransport:
         self.closed = False
         self._lock = asyncio.Lock()
         self._needs_offer = False
+        self._offered_at = 0.0
         self._reoffer_task: asyncio.Task[None] | None = None
         self._on_offer = on_offer
         self._on_peer_lost = on_peer_lost
@@ -174,6 +178,16 @@ class SubscriberTransport:
                 self._add_consumer(producer)
                 changed = True
             if not changed:
+                return None
+            if (
+                self.pc is not None
+                and self.pc.signalingState == "have-local-offer"
+                and time.monotonic() - self._offered_at < PENDING_OFFER_SECONDS
+            ):
+                # An offer is still waiting for its answer: a second one would make that answer
+                # fail. This change goes out as a re-offer once the pending one is answered
+                # (an offer left unanswered for long is taken as lost and replaced).
+                self._needs_offer = True
                 return None
             return await self._offer()
 
@@ -236,6 +250,7 @@ class SubscriberTransport:
     async def _offer(self) -> str:
         assert self.pc is not None
         self._needs_offer = False  # this offer carries every change made before this point
+        self._offered_at = time.monotonic()
         for slot in self.slots:
             slot.transceiver.direction = "sendonly" if slot.consumer is not None else "inactive"
         offer = await self.pc.createOffer()

@@ -72,16 +72,16 @@ async def test_garbage_answer_is_a_400_and_the_router_keeps_working(service):
     sub = Subscriber()
     try:
         await bounded(pub.publish(service, MEETING, "alice"))
-        await bounded(service.update_subscriptions(MEETING, "bob", [ref("alice")], []))
+        offer = await bounded(service.update_subscriptions(MEETING, "bob", [ref("alice")], []))
         await _expect(400, service.answer_subscriber(MEETING, "bob", "garbage"))
         # An offer in place of an answer does not match the server's offer either.
         _, other = await _vp8_offer()
         await _expect(400, service.answer_subscriber(MEETING, "bob", other))
         # The pending offer can still be answered after the bad attempts.
-        offer = await bounded(service.update_subscriptions(MEETING, "bob", [], [ref("alice")]))
-        assert offer is not None
-        streams = await subscribe(service, sub, "bob", [ref("alice")])
+        streams = await bounded(service.answer_subscriber(MEETING, "bob", await sub.answer(offer)))
         await sub.wait_frames(streams[0].mid, 5)
+        # ... and the PC renegotiates normally afterwards.
+        assert await subscribe(service, sub, "bob", unrefs=[ref("alice")]) == []
     finally:
         await sub.close()
         await pub.close()

@@ -101,3 +101,35 @@ async def test_answer_without_offer_is_refused(service, events):
         await sub.close()
     finally:
         await alice.close()
+
+
+async def test_second_change_while_an_offer_is_pending_is_reoffered_after_the_answer(service, events):
+    """Two subscribe calls before the first offer is answered: the first answer is accepted,
+    the second change follows as the server's own re-offer (never two offers at once)."""
+    from sfu.api import SubscriberOffer
+
+    alice = Publisher(start=1000)
+    carol = Publisher(start=30000)
+    sub = Subscriber()
+    try:
+        await bounded(alice.publish(service, MEETING, "alice"))
+        await bounded(carol.publish(service, MEETING, "carol"))
+        first = await bounded(service.update_subscriptions(MEETING, "bob", [ref("alice")], []))
+        assert first is not None
+        second = await bounded(service.update_subscriptions(MEETING, "bob", [ref("carol")], []))
+        assert second is None  # deferred: an offer is waiting for its answer
+        streams = await bounded(service.answer_subscriber(MEETING, "bob", await sub.answer(first)))
+        assert [(s.user_id, s.kind) for s in streams] == [("alice", "video")]
+        reoffer = await events.wait(SubscriberOffer, user_id="bob")
+        streams = await bounded(
+            service.answer_subscriber(MEETING, "bob", await sub.answer(reoffer.sdp))
+        )
+        assert sorted(s.user_id for s in streams) == ["alice", "carol"]
+        by_user = {s.user_id: s.mid for s in streams}
+        assert_counters_match(await sub.wait_frames(by_user["carol"], 10, at_least=30000),
+                              carol.track.count, 30000)
+        await sub.wait_frames(by_user["alice"], 10, at_least=1000)
+    finally:
+        await sub.close()
+        await alice.close()
+        await carol.close()
