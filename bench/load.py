@@ -891,6 +891,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--token-secret", help="the running server's JWT secret (with --url)")
     p.add_argument("--server-pid", type=int, help="the running server's PID, for CPU and RSS")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    p.add_argument(
+        "--readme", metavar="FILE", help="write the results table into FILE (e.g. README.md)"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress line")
     return p
 
@@ -959,6 +962,10 @@ def main(argv: list[str] | None = None) -> int:
     if options.json:
         Path(options.json).parent.mkdir(parents=True, exist_ok=True)
         Path(options.json).write_text(json.dumps(report, indent=2) + "\n")
+    if options.readme:
+        from .readme import write
+
+        write(Path(options.readme), [report])
     return 0 if ok and len(ok) == len(report["runs"]) else 1
 
 
