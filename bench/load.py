@@ -828,7 +828,7 @@ def table(runs: list[dict[str, Any]], ratio_rows: list[dict[str, Any]]) -> str:
             ]
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in rows]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=False)) for row in rows]
     if ratio_rows:
         lines.append("")
         lines.append("ours / baseline (lower is better for cpu, cpu/pkt, latency, rss):")

@@ -268,7 +268,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
         elapsed = t1 - t0
         forwarded = stats1["forwarded"] - stats0["forwarded"]
-        fps = [(b - a) / elapsed for a, b in zip(counts0, counts1)]
+        fps = [(b - a) / elapsed for a, b in zip(counts0, counts1, strict=False)]
         cores = (cpu1 - cpu0) / elapsed
         result = {
             "subscribers": args.subscribers,
@@ -296,7 +296,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         child.terminate()
         try:
             await asyncio.wait_for(child.wait(), 5)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             child.kill()
         if os.path.exists(port_file):
             os.unlink(port_file)

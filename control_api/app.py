@@ -9,13 +9,20 @@ import importlib.resources
 import json
 import logging
 import time
-from typing import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import WSCloseCode, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from sfu.api import MediaError, MediaListener, MediaService, RecordingResult, StreamKind, StreamRef
-from sfu.api import SubscribedStream
+from sfu.api import (
+    MediaError,
+    MediaListener,
+    MediaService,
+    RecordingResult,
+    StreamKind,
+    StreamRef,
+    SubscribedStream,
+)
 from sfu.metrics import MediaCollector, MediaStats, measure_loop_lag
 
 from .auth import AuthError, TokenAuthority, load_or_create_secret

@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from recorder.recording import merge_parts, part_files
 from sfu.api import (
     MediaError,
     MediaEvent,
@@ -25,8 +27,6 @@ from sfu.api import (
     SubscriberOffer,
     TalkingChanged,
 )
-
-from recorder.recording import merge_parts, part_files
 
 from .auth import Principal
 from .errors import ApiError, bad_request, conflict, forbidden, not_found
@@ -821,4 +821,4 @@ class MeetingService:
 
 
 def utc(dt: datetime) -> datetime:
-    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)

@@ -10,7 +10,7 @@ import uuid
 from aiohttp import WSMsgType, web
 
 from .auth import Principal
-from .domain import ACCEPTED, MeetingService, REJECTED
+from .domain import ACCEPTED, REJECTED, MeetingService
 from .errors import bad_request
 from .keys import DOMAIN, HUB, METRICS, PRINCIPAL, WEBSOCKETS
 from .validation import Body, parse_json_object, path_uuid, safe_path_component

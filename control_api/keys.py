@@ -10,7 +10,7 @@ if TYPE_CHECKING:
     from sfu.api import MediaService
     from sfu.metrics import MediaStats
 
-    from .auth import Principal, TokenAuthority
+    from .auth import TokenAuthority
     from .config import Config
     from .domain import MeetingService
     from .events import EventHub

@@ -5,7 +5,7 @@ Labels stay bounded: routes are the registered patterns, never raw paths, ids or
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 

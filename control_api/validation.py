@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from .auth import canonical_uuid
@@ -127,7 +127,7 @@ class Body:
         if "T" not in text.upper() and " " not in text:
             self._fail(name, "an RFC 3339 date-time")
         if dt.tzinfo is None:
-            dt = dt.replace(tzinfo=timezone.utc)
+            dt = dt.replace(tzinfo=UTC)
         return dt
 
     def objects(self, name: str, required: bool = True, max_items: int = 100) -> list["Body"] | None:

@@ -14,9 +14,9 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable
 
 import av
 
@@ -239,7 +239,7 @@ def _interleave(streams: list, out: av.container.OutputContainer) -> None:
             heapq.heappush(heap, (packet.dts * packet.time_base, i, packet, it))
             return
 
-    for i, (src, s, dst) in enumerate(streams):
+    for i, (src, s, _dst) in enumerate(streams):
         advance(i, iter(src.demux(s)))
     while heap:
         _, i, packet, it = heapq.heappop(heap)

@@ -11,7 +11,8 @@ start-up that the pinned aiortc/aioice still have every name (see pyproject.toml
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import aioice.ice
 from aiortc import RTCDtlsTransport, RTCRtpReceiver, RTCRtpSender

@@ -8,8 +8,9 @@ values. Neither side holds the other's objects.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Literal, Protocol
+from typing import Literal, Protocol
 
 StreamKind = Literal["video", "screen"]
 PeerKind = Literal["audio", "video", "screen", "subscriber"]

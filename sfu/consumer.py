@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 import random
 import time
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from .aiortc_hooks import SendPath
 from .rtp import HEADER, U16, wrap_rtx

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import time
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
@@ -38,7 +38,7 @@ class Histogram:
     def family(self, name: str, doc: str) -> HistogramMetricFamily:
         buckets = []
         acc = 0
-        for bound, n in zip(self.bounds, self.counts):
+        for bound, n in zip(self.bounds, self.counts, strict=False):
             acc += n
             buckets.append((repr(bound), acc))
         buckets.append(("+Inf", self.count))

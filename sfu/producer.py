@@ -13,8 +13,9 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from aiortc import RTCPeerConnection, RTCRtpTransceiver
 from aiortc.codecs import CODECS

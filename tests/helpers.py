@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -72,7 +73,7 @@ class EventsClient:
 
         try:
             return await asyncio.wait_for(loop(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise AssertionError(f"no {type_} within {timeout}s; got {self.types()}") from None
 
     def types(self) -> list[str]:
@@ -92,7 +93,7 @@ class EventsClient:
         await self.ws.close()
         try:
             await asyncio.wait_for(self._reader, 5)
-        except (asyncio.TimeoutError, asyncio.CancelledError):
+        except (TimeoutError, asyncio.CancelledError):
             self._reader.cancel()
 
 

@@ -397,7 +397,9 @@ async def test_update_media_disable_when_off_is_a_noop(cast):
     await olga.ws.settle()
     assert of(olga.ws, "MEETING_MEDIA_STREAM_CHANGED") == []
     status, body = await max_.call(
-        "PUT", f"/meetings/{mid}/media/subscribe", {"subscribe": [{"userId": max_.id, "type": "video"}], "unsubscribe": []}
+        "PUT",
+        f"/meetings/{mid}/media/subscribe",
+        {"subscribe": [{"userId": max_.id, "type": "video"}], "unsubscribe": []},
     )
     assert status == 400 and is_error(body)  # not his own streams
     status, body = await max_.call("PUT", f"/meetings/{mid}/media/subscribe", {"subscribe": [], "unsubscribe": []})

@@ -95,7 +95,9 @@ async def test_http_requests_are_counted_by_route_pattern_and_status(server):
     assert not any(mid in str(labels) for _, labels in after)
     assert not any("/nowhere" in str(labels) for _, labels in after)
     count = "meeting_sfu_http_request_duration_seconds_count"
-    assert _value(after, count, route="/meetings/{meetingId}") - _value(before, count, route="/meetings/{meetingId}") == 3
+    assert (
+        _value(after, count, route="/meetings/{meetingId}") - _value(before, count, route="/meetings/{meetingId}") == 3
+    )
     buckets = [k for k in after if k[0] == "meeting_sfu_http_request_duration_seconds_bucket"]
     assert buckets and all(dict(labels)["route"] != mid for _, labels in buckets)
 
@@ -143,7 +145,9 @@ async def test_cli_token_with_configured_secret_is_accepted(tmp_path, capsys, mo
     config = tmp_path / "meeting-sfu.toml"
     config.write_text(f'[auth]\njwt_secret = "{SECRET}"\n[storage]\ndata_dir = "{tmp_path / "data"}"\n')
     uid, room = new_id(), new_id()
-    token = _cli_token(capsys, ["token", "--config", str(config), "--user", uid, "--name", "Ann", "--room", f"{room}:owner"])
+    token = _cli_token(
+        capsys, ["token", "--config", str(config), "--user", uid, "--name", "Ann", "--room", f"{room}:owner"]
+    )
     server = await start_server(tmp_path)
     try:
         principal = server.authority.verify(token)

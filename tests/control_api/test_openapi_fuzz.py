@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import schemathesis
@@ -68,9 +68,11 @@ class World:
 
     def reset(self) -> None:
         """A started scheduled meeting in the room, owner participating, guest waiting."""
-        status, body = self.call("GET", f"/meetings/{self.meeting_id}", self.owner_token) if self.meeting_id else (404, None)
+        status, body = (
+            self.call("GET", f"/meetings/{self.meeting_id}", self.owner_token) if self.meeting_id else (404, None)
+        )
         if status == 404:
-            expiration = (datetime.now(timezone.utc) + timedelta(days=1)).isoformat()
+            expiration = (datetime.now(UTC) + timedelta(days=1)).isoformat()
             status, body = self.call(
                 "POST",
                 "/meetings",

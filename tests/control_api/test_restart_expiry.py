@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from tests.helpers import new_id, start_server
 
@@ -12,7 +12,7 @@ from .support import create_meeting, of, started_meeting, user
 
 
 def _in(seconds: float) -> str:
-    return (datetime.now(timezone.utc) + timedelta(seconds=seconds)).isoformat()
+    return (datetime.now(UTC) + timedelta(seconds=seconds)).isoformat()
 
 
 async def test_meetings_rooms_and_memberships_survive_a_restart(tmp_path):

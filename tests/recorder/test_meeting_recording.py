@@ -15,12 +15,11 @@ from pathlib import Path
 import aiohttp
 import av
 import pytest
+from aiortc import RTCSessionDescription
 
 from control_api.auth import TokenAuthority
 from control_api.keys import STORE
 from tests.helpers import SECRET, new_id, start_server
-from aiortc import RTCSessionDescription
-
 from tests.sfu.clients import Publisher, bounded, read_counter
 from tests.sfu.test_audio_bridge import Client as AudioClient
 
@@ -47,7 +46,9 @@ async def _meeting(server, owner_token: str, room: str) -> str:
 async def _join(server, token: str, meeting_id: str):
     events = await server.events(token)
     status, body = await server.call(
-        "POST", f"/meetings/{meeting_id}/join", token,
+        "POST",
+        f"/meetings/{meeting_id}/join",
+        token,
         {"audioStreamEnabled": False, "videoStreamEnabled": False},
         headers={"queue-id": events.queue_id},
     )
@@ -57,21 +58,19 @@ async def _join(server, token: str, meeting_id: str):
 
 async def _talk(server, token: str, events, meeting_id: str, client: AudioClient) -> None:
     """Audio PC as a Carbonio client does it: offer, answer by event, then unmute."""
-    status, body = await server.call(
-        "PUT", f"/meetings/{meeting_id}/audio/offer", token, {"sdp": await client.offer()}
-    )
+    status, body = await server.call("PUT", f"/meetings/{meeting_id}/audio/offer", token, {"sdp": await client.offer()})
     assert status == 204, body
     answered = await events.wait("MEETING_AUDIO_ANSWERED", timeout=10)
     await bounded(client.pc.setRemoteDescription(RTCSessionDescription(answered["sdp"], "answer")))
-    status, body = await server.call(
-        "PUT", f"/meetings/{meeting_id}/audio", token, {"enabled": True}
-    )
+    status, body = await server.call("PUT", f"/meetings/{meeting_id}/audio", token, {"enabled": True})
     assert status == 204, body
 
 
 async def _publish(server, token: str, events, meeting_id: str, pub: Publisher) -> None:
     status, body = await server.call(
-        "PUT", f"/meetings/{meeting_id}/media", token,
+        "PUT",
+        f"/meetings/{meeting_id}/media",
+        token,
         {"type": "video", "enabled": True, "sdp": await pub.offer()},
     )
     assert status == 204, body
@@ -98,11 +97,14 @@ def _assert_tones(path: Path, early: set[float], late: set[float]) -> None:
         spectrum = np.abs(np.fft.rfft(part * np.hanning(len(part))))
         freqs = np.fft.rfftfreq(len(part), 1 / rate)
         peak = spectrum.max()
-        return {f for f in (440.0, 700.0, 1000.0)  # 1000 Hz: nobody sends it
-                if spectrum[np.abs(freqs - f) < 15].max() > 0.1 * peak}
+        return {
+            f
+            for f in (440.0, 700.0, 1000.0)  # 1000 Hz: nobody sends it
+            if spectrum[np.abs(freqs - f) < 15].max() > 0.1 * peak
+        }
 
-    assert tones(samples[int(0.2 * rate):int(1.2 * rate)]) == early
-    assert tones(samples[-int(1.2 * rate):-int(0.2 * rate)]) == late
+    assert tones(samples[int(0.2 * rate) : int(1.2 * rate)]) == early
+    assert tones(samples[-int(1.2 * rate) : -int(0.2 * rate)]) == late
 
 
 def _streams(path: Path) -> dict[str, dict]:
@@ -111,7 +113,10 @@ def _streams(path: Path) -> dict[str, dict]:
     with av.open(str(path)) as container:
         for stream in container.streams:
             out[stream.metadata.get("title", str(stream.index))] = {
-                "codec": stream.codec_context.name, "packets": 0, "pts": [], "counters": []
+                "codec": stream.codec_context.name,
+                "packets": 0,
+                "pts": [],
+                "counters": [],
             }
     with av.open(str(path)) as container:
         titles = {s.index: s.metadata.get("title", str(s.index)) for s in container.streams}
@@ -174,18 +179,23 @@ async def test_two_publishers_one_late_recorded_into_one_file(server):
         bob_first = bob_pub.track.count
         await asyncio.sleep(2.0)
 
-        for bad in ({"name": "../x", "folderId": "f"}, {"name": "a", "folderId": ".."},
-                    {"name": "a\x01", "folderId": "f"}, {"name": "", "folderId": "f"},
-                    {"name": "a" * 129, "folderId": "f"}, {"name": "a", "folderId": "x\\y"}):
-            status, body = await server.call(
-                "POST", f"/meetings/{meeting_id}/stopRecording", alice_token, bad
-            )
+        for bad in (
+            {"name": "../x", "folderId": "f"},
+            {"name": "a", "folderId": ".."},
+            {"name": "a\x01", "folderId": "f"},
+            {"name": "", "folderId": "f"},
+            {"name": "a" * 129, "folderId": "f"},
+            {"name": "a", "folderId": "x\\y"},
+        ):
+            status, body = await server.call("POST", f"/meetings/{meeting_id}/stopRecording", alice_token, bad)
             assert status == 400, (bad, body)
         target = server.config.recording_path / "team" / "weekly.mkv"
         target.parent.mkdir(parents=True)
         target.write_bytes(b"an older recording")  # never overwritten
         status, _ = await server.call(
-            "POST", f"/meetings/{meeting_id}/stopRecording", alice_token,
+            "POST",
+            f"/meetings/{meeting_id}/stopRecording",
+            alice_token,
             {"name": "weekly", "folderId": "team"},
         )
         assert status == 204
@@ -301,15 +311,23 @@ async def test_recording_survives_sigkill_and_is_recovered_on_restart(tmp_path):
     try:
         await _wait_http(url, proc)
         async with aiohttp.ClientSession(headers=headers) as http:
-            async with http.post(url + "/meetings", json={"name": "m", "roomId": room, "meetingType": "permanent"}) as r:
+            async with http.post(
+                url + "/meetings", json={"name": "m", "roomId": room, "meetingType": "permanent"}
+            ) as r:
                 meeting_id = (await r.json())["id"]
             async with http.post(f"{url}/meetings/{meeting_id}/start") as r:
                 assert r.status == 200
             ws = await http.ws_connect(url.replace("http", "ws") + "/events")
             queue_id = (await ws.receive_json(timeout=5))["queueId"]
-            async with http.post(f"{url}/meetings/{meeting_id}/join", json={"audioStreamEnabled": False, "videoStreamEnabled": False}, headers={"queue-id": queue_id}) as r:
+            async with http.post(
+                f"{url}/meetings/{meeting_id}/join",
+                json={"audioStreamEnabled": False, "videoStreamEnabled": False},
+                headers={"queue-id": queue_id},
+            ) as r:
                 assert r.status == 200
-            async with http.put(f"{url}/meetings/{meeting_id}/media", json={"type": "video", "enabled": True, "sdp": await pub.offer()}) as r:
+            async with http.put(
+                f"{url}/meetings/{meeting_id}/media", json={"type": "video", "enabled": True, "sdp": await pub.offer()}
+            ) as r:
                 assert r.status == 204
             while True:
                 msg = await ws.receive_json(timeout=10)

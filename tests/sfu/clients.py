@@ -7,8 +7,9 @@ from __future__ import annotations
 import asyncio
 import fractions
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import av
 import numpy as np
@@ -264,5 +265,5 @@ def assert_counters_match(received: Received, sent_max: int, sent_min: int = 0) 
     assert counters, "no frame decoded"
     assert all(sent_min <= c <= sent_max for c in counters), (counters[:10], sent_max)
     assert counters == sorted(counters), counters[:50]
-    steps = [b - a for a, b in zip(counters, counters[1:])]
+    steps = [b - a for a, b in zip(counters, counters[1:], strict=False)]
     assert sum(1 for s in steps if s == 1) >= len(steps) * 0.8, steps[:50]

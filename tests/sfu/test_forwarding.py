@@ -23,7 +23,7 @@ async def test_one_publisher_three_subscribers_decode_matching_frames(service, e
             assert [(s.user_id, s.kind) for s in streams] == [("alice", "video")]
             mids.append(streams[0].mid)
             assert sub.msids() == {streams[0].mid: "alice/video"}
-        for sub, mid in zip(subs, mids):
+        for sub, mid in zip(subs, mids, strict=False):
             received = await sub.wait_frames(mid, 20)
             assert_counters_match(received, pub.track.count)
         stats = service.stats
