@@ -8,9 +8,10 @@ section 8), then commits durable changes to the store, asks the media plane, and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -81,8 +82,13 @@ class LiveMeeting:
     recording: ActiveRecording | None = None
 
 
-def _media_error(exc: MediaError) -> ApiError:
-    return ApiError(exc.status, exc.code, exc.message)
+@contextlib.contextmanager
+def media_errors() -> Iterator[None]:
+    """A media-plane refusal becomes the API error with the status it names."""
+    try:
+        yield
+    except MediaError as exc:
+        raise ApiError(exc.status, exc.code, exc.message) from None
 
 
 def unique_path(path: Path) -> Path:
@@ -282,10 +288,8 @@ class MeetingService:
         async with self._lock(meeting_id):
             live = self._live.get(meeting_id)
             if live is None:
-                try:
+                with media_errors():
                     await self.media.open_meeting(meeting_id)
-                except MediaError as exc:
-                    raise _media_error(exc) from None
                 live = self._live[meeting_id] = LiveMeeting(started_at=self._clock())
                 log.info("meeting started meeting=%s by=%s", meeting_id, principal.user_id)
             # Sent also when it was running already, as Carbonio does: clients re-sync on it.
@@ -539,10 +543,8 @@ class MeetingService:
         async with self._lock(meeting_id):
             row, live, p = self._media_target(principal, meeting_id)
             if enabled:
-                try:
+                with media_errors():
                     answer = await self.media.publish(meeting_id, p.user_id, kind, sdp)  # type: ignore[arg-type]
-                except MediaError as exc:
-                    raise _media_error(exc) from None
                 setattr(p, kind, True)
                 self.hub.to_users(
                     [p.user_id],
@@ -591,10 +593,8 @@ class MeetingService:
             # may race a leave. The media plane skips streams that are not published likewise.
             subs = [StreamRef(u, k) for u, k in subscribe if u in live.participants]  # type: ignore[arg-type]
             unsubs = [StreamRef(u, k) for u, k in unsubscribe]  # type: ignore[arg-type]
-            try:
+            with media_errors():
                 offer = await self.media.update_subscriptions(meeting_id, p.user_id, subs, unsubs)
-            except MediaError as exc:
-                raise _media_error(exc) from None
             if offer is not None:
                 self.hub.to_users(
                     [p.user_id],
@@ -611,10 +611,8 @@ class MeetingService:
         self._media_target(principal, meeting_id)
         async with self._lock(meeting_id):
             row, live, p = self._media_target(principal, meeting_id)
-            try:
+            with media_errors():
                 streams = await self.media.answer_subscriber(meeting_id, p.user_id, sdp)
-            except MediaError as exc:
-                raise _media_error(exc) from None
             self.hub.to_users(
                 [p.user_id],
                 make_event(
@@ -629,10 +627,8 @@ class MeetingService:
         self._media_target(principal, meeting_id)
         async with self._lock(meeting_id):
             row, live, p = self._media_target(principal, meeting_id)
-            try:
+            with media_errors():
                 answer = await self.media.audio_offer(meeting_id, p.user_id, sdp)
-            except MediaError as exc:
-                raise _media_error(exc) from None
             self.hub.to_users(
                 [p.user_id],
                 make_event("MEETING_AUDIO_ANSWERED", meetingId=meeting_id, userId=p.user_id, sdp=answer),
@@ -655,10 +651,8 @@ class MeetingService:
             live, p = self._participant(meeting_id, target)
             if p.audio == enabled:
                 return
-            try:
+            with media_errors():
                 await self.media.set_audio_enabled(meeting_id, target, enabled)
-            except MediaError as exc:
-                raise _media_error(exc) from None
             p.audio = enabled
             self._to_participants(
                 live,
@@ -752,10 +746,8 @@ class MeetingService:
             rec_id = str(uuid.uuid4())
             self.work_dir.mkdir(parents=True, exist_ok=True)
             work_path = str(self.work_dir / rec_id)
-            try:
+            with media_errors():
                 await self.media.start_recording(meeting_id, work_path)
-            except MediaError as exc:
-                raise _media_error(exc) from None
             started = self._clock()
             self.store.insert_recording(rec_id, meeting_id, principal.user_id, started)
             live.recording = ActiveRecording(rec_id, principal.user_id, started, work_path)

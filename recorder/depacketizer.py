@@ -112,16 +112,21 @@ class _Assembler:
         self.needs_keyframe = True
 
 
-class Vp8Depacketizer:
-    """RTP payloads of VP8 to VP8 frames."""
+class _Depacketizer:
+    """Frame assembly and loss tracking shared by the codecs."""
 
     def __init__(self) -> None:
         self._asm = _Assembler()
 
     @property
     def needs_keyframe(self) -> bool:
+        """True once after a loss: the caller should ask the publisher for a keyframe."""
         flag, self._asm.needs_keyframe = self._asm.needs_keyframe, False
         return flag
+
+
+class Vp8Depacketizer(_Depacketizer):
+    """RTP payloads of VP8 to VP8 frames."""
 
     @staticmethod
     def _strip(payload: bytes) -> tuple[bytes, bool] | None:
@@ -173,16 +178,8 @@ class Vp8Depacketizer:
         return out
 
 
-class H264Depacketizer:
+class H264Depacketizer(_Depacketizer):
     """RTP payloads of H.264 (single NAL, STAP-A, FU-A) to Annex B access units."""
-
-    def __init__(self) -> None:
-        self._asm = _Assembler()
-
-    @property
-    def needs_keyframe(self) -> bool:
-        flag, self._asm.needs_keyframe = self._asm.needs_keyframe, False
-        return flag
 
     @staticmethod
     def _nals(parts: list[bytes]) -> list[bytes]:
