@@ -11,6 +11,7 @@ import asyncio
 import bisect
 import time
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
@@ -150,6 +151,19 @@ class MediaCollector(Collector):
         yield s.loop_lag_seconds.family(
             "meeting_sfu_event_loop_lag_seconds", "How late the event loop runs a timer"
         )
+
+
+def watch_pc_states(pc: Any, stats: MediaStats) -> None:
+    """Keep `stats.peer_connections` (current PCs by state) up to date for this PC."""
+    last: list[str | None] = [pc.connectionState]
+    stats.pc_state_changed(None, pc.connectionState)
+
+    @pc.on("connectionstatechange")
+    def on_state() -> None:
+        new = pc.connectionState
+        # A closed PC is gone: it leaves the gauge instead of piling up under "closed".
+        stats.pc_state_changed(last[0], None if new == "closed" else new)
+        last[0] = None if new == "closed" else new
 
 
 async def measure_loop_lag(stats: MediaStats, interval: float = 0.5) -> None:

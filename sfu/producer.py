@@ -26,7 +26,7 @@ from aiortc.sdp import SessionDescription
 
 from . import aiortc_hooks as hooks
 from .api import MediaError, StreamKind, bad_sdp
-from .metrics import MediaStats
+from .metrics import MediaStats, watch_pc_states
 from .peer import create_peer_connection, local_sdp, parse_session_description
 from .rtp import SEQ_TS, U32, abs_send_time_bytes, keyframe_detector, payload_offset, unwrap_rtx
 
@@ -280,8 +280,6 @@ class Producer:
             raise ValueError("the video m-line was not matched")
 
     def _attach(self, pc: RTCPeerConnection, transceiver: RTCRtpTransceiver) -> None:
-        from .transport import watch_pc_states
-
         watch_pc_states(pc, self.stats)
         self.pc = pc
         self.receiver = transceiver.receiver

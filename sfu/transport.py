@@ -33,7 +33,7 @@ from aiortc.rtp import (
 from . import aiortc_hooks as hooks
 from .api import MediaError, StreamKind, SubscribedStream, bad_sdp
 from .consumer import Consumer, SendParameters, StreamState
-from .metrics import MediaStats
+from .metrics import MediaStats, watch_pc_states
 from .peer import create_peer_connection, local_sdp, parse_session_description
 from .rtp import ABS_SEND_TIME_URI, MID_URI, extension_block, ntp_from_unix
 
@@ -97,19 +97,6 @@ def set_msids(sdp: str, stream_ids: dict[int, str]) -> str:
                 line = f"a=msid:{stream} {mid}"
             out.append(line)
     return "\r\n".join(out)
-
-
-def watch_pc_states(pc: RTCPeerConnection, stats: MediaStats) -> None:
-    """Keep `stats.peer_connections` (current PCs by state) up to date for this PC."""
-    last: list[str | None] = [pc.connectionState]
-    stats.pc_state_changed(None, pc.connectionState)
-
-    @pc.on("connectionstatechange")
-    def on_state() -> None:
-        new = pc.connectionState
-        # A closed PC is gone: it leaves the gauge instead of piling up under "closed".
-        stats.pc_state_changed(last[0], None if new == "closed" else new)
-        last[0] = None if new == "closed" else new
 
 
 class SubscriberTransport:

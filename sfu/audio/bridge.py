@@ -22,7 +22,7 @@ from aiortc.sdp import SessionDescription
 
 from .. import aiortc_hooks as hooks
 from ..api import MediaError, bad_sdp
-from ..metrics import MediaStats
+from ..metrics import MediaStats, watch_pc_states
 from ..peer import create_peer_connection, local_sdp, parse_session_description
 from .clock import Ticker
 from .mixer import Member, Mixer, MixOutput, MixTap
@@ -218,6 +218,8 @@ class AudioBridge:
 
     def _new_pc(self, p: _Participant) -> RTCPeerConnection:
         pc = create_peer_connection()
+        if self.stats is not None:
+            watch_pc_states(pc, self.stats)
         transceiver: RTCRtpTransceiver = pc.addTransceiver(_IdleAudioTrack(), direction="sendrecv")
         transceiver.setCodecPreferences([_OPUS])
         sender = transceiver.sender
