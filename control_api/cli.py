@@ -59,7 +59,11 @@ def _serve(args: argparse.Namespace) -> int:
     except ImportError:  # pragma: no cover - uvloop is a dependency; stay usable without it
         logging.getLogger("meeting_sfu").warning("uvloop unavailable, using asyncio's loop")
         run = asyncio.run
-    app = create_app(config)
+    try:
+        app = create_app(config)
+    except RuntimeError as exc:  # e.g. the aiortc private API check at start-up
+        print(f"meeting-sfu: cannot start: {exc}", file=sys.stderr)
+        return 3
     logging.getLogger("meeting_sfu").info(
         "serving host=%s port=%s data_dir=%s", config.server.host, config.server.port, config.data_path
     )
