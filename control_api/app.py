@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import hmac
 import importlib.resources
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -358,4 +357,4 @@ async def _close_state(app: web.Application) -> None:
     app[STORE].close()
 
 
-__all__ = ["create_app", "default_media", "error_response", "json"]
+__all__ = ["create_app", "default_media", "error_response"]
