@@ -13,15 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import WSCloseCode, web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from sfu.api import (
-    MediaError,
-    MediaListener,
-    MediaService,
-    RecordingResult,
-    StreamKind,
-    StreamRef,
-    SubscribedStream,
-)
+from sfu.api import MediaError, MediaService, StatsReport
 from sfu.metrics import MediaCollector, MediaStats, measure_loop_lag
 
 from .auth import AuthError, TokenAuthority, load_or_create_secret
@@ -35,6 +27,7 @@ from .keys import (
     DOMAIN,
     HUB,
     MEDIA,
+    MEDIA_REPORT,
     MEDIA_STATS,
     METRICS,
     PRINCIPAL,
@@ -44,6 +37,7 @@ from .keys import (
 )
 from .metrics import ControlMetrics
 from .store import Store
+from .workers import WorkerPool
 
 log = logging.getLogger("meeting_sfu.app")
 
@@ -61,6 +55,7 @@ _REASONS = {
     431: "headers_too_large",
     500: "internal_error",
     501: "not_implemented",
+    503: "media_unavailable",
 }
 
 
@@ -164,70 +159,15 @@ def cors_middleware(origins: tuple[str, ...]) -> Callable:
     return cors
 
 
-class UnavailableMedia:
-    """Stands in when the media plane cannot be loaded: media calls answer 501."""
-
-    def set_listener(self, listener: MediaListener) -> None:
-        pass
-
-    async def open_meeting(self, meeting_id: str) -> None:
-        pass
-
-    async def close_meeting(self, meeting_id: str) -> None:
-        pass
-
-    async def remove_participant(self, meeting_id: str, user_id: str) -> None:
-        pass
-
-    def _unavailable(self) -> MediaError:
-        return MediaError(501, "not_implemented", "the media plane is not available")
-
-    async def publish(self, meeting_id: str, user_id: str, kind: StreamKind, offer_sdp: str) -> str:
-        raise self._unavailable()
-
-    async def unpublish(self, meeting_id: str, user_id: str, kind: StreamKind) -> None:
-        pass
-
-    async def update_subscriptions(
-        self, meeting_id: str, user_id: str, subscribe: list[StreamRef], unsubscribe: list[StreamRef]
-    ) -> str | None:
-        raise self._unavailable()
-
-    async def answer_subscriber(self, meeting_id: str, user_id: str, answer_sdp: str) -> list[SubscribedStream]:
-        raise self._unavailable()
-
-    async def audio_offer(self, meeting_id: str, user_id: str, offer_sdp: str) -> str:
-        raise self._unavailable()
-
-    async def set_audio_enabled(self, meeting_id: str, user_id: str, enabled: bool) -> None:
-        pass
-
-    async def start_recording(self, meeting_id: str, work_path: str) -> None:
-        raise self._unavailable()
-
-    async def stop_recording(self, meeting_id: str, final_path: str) -> RecordingResult | None:
-        return None
-
-    async def close(self) -> None:
-        pass
-
-
 def default_media(config: Config) -> MediaService:
-    """The in-process media plane, configured from [media] and [recording]."""
-    from sfu.peer import IceSettings, configure_ice
-
-    configure_ice(
-        IceSettings(addresses=config.media.ice_addresses, public_ip=config.media.public_ip or None)
+    """The media plane: `[media] workers` worker processes, started on first use (`serve`
+    starts them before it listens)."""
+    return WorkerPool(
+        config.media.plane_settings(),
+        config.media.workers,
+        log_level=config.logging.level,
+        log_format=config.logging.format,
     )
-    try:
-        from sfu.service import LocalMediaService
-    except ImportError as exc:
-        log.warning("media plane unavailable: %s", exc)
-        return UnavailableMedia()
-    from_config = getattr(LocalMediaService, "from_config", None)
-    if from_config is not None:
-        return from_config(config)
-    return LocalMediaService()
 
 
 async def _openapi(request: web.Request) -> web.Response:
@@ -241,6 +181,11 @@ async def _metrics(request: web.Request) -> web.Response:
         given = request.headers.get("Authorization", "")
         if not hmac.compare_digest(given.encode(), f"Bearer {config.metrics.token}".encode()):
             raise ApiError(401, "unauthorized", "a metrics token is required")
+    media = request.app[MEDIA]
+    try:
+        request.app[MEDIA_REPORT] = await asyncio.wait_for(media.stats_report(), 2.0)
+    except (MediaError, TimeoutError):
+        pass  # the last report serves
     registry = request.app[METRICS].registry
     body = generate_latest(registry)
     response = web.Response(body=body)
@@ -279,12 +224,22 @@ def create_app(config: Config, media: MediaService | None = None) -> web.Applica
         recordings_dir=config.recording_path,
         work_dir=data_dir / "recordings-in-progress",
     )
-    # The media plane counts in plain ints; its collector reads them on scrape.
-    media_stats = getattr(media, "stats", None)
-    if not isinstance(media_stats, MediaStats):
-        media_stats = MediaStats()
-    metrics.registry.register(MediaCollector(media_stats))
-    app[MEDIA_STATS] = media_stats
+    # The media plane counts in plain ints, in each worker; /metrics asks for fresh snapshots
+    # and the collector sums them (the control plane's own loop lag included).
+    control_stats = MediaStats()
+    app[MEDIA_STATS] = control_stats
+    app[MEDIA_REPORT] = None
+
+    def media_report() -> StatsReport:
+        report = app[MEDIA_REPORT] or StatsReport(workers={})
+        extra = [report.retired] if report.retired else []
+        return StatsReport(
+            workers=report.workers,
+            retired=MediaStats.merged([*extra, control_stats.snapshot()]).snapshot(),
+            restarts=report.restarts,
+        )
+
+    metrics.registry.register(MediaCollector(media_report))
     metrics.bind(
         meetings_active=lambda: domain.active_meetings,
         participants=lambda: domain.participant_count,
@@ -311,6 +266,7 @@ def create_app(config: Config, media: MediaService | None = None) -> web.Applica
 
             add_demo_routes(app)
 
+    app.cleanup_ctx.append(_media_events_task)
     app.cleanup_ctx.append(_expiry_task)
     app.cleanup_ctx.append(_loop_lag_task)
     app.on_shutdown.append(_close_websockets)
@@ -331,6 +287,14 @@ async def _expiry_task(app: web.Application) -> AsyncIterator[None]:
             await asyncio.sleep(interval)
 
     task = asyncio.create_task(loop())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _media_events_task(app: web.Application) -> AsyncIterator[None]:
+    task = asyncio.create_task(app[DOMAIN].run_media_events())
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):

@@ -14,6 +14,12 @@ from .auth import TokenAuthority, canonical_uuid, load_or_create_secret
 from .config import ConfigError, load_config
 
 
+def check_private_api() -> None:
+    from sfu.aiortc_hooks import check_private_api as check
+
+    check()
+
+
 class KeyValueFormatter(logging.Formatter):
     """One line per event: time, level, logger, message (key=value pairs by convention)."""
 
@@ -60,15 +66,24 @@ def _serve(args: argparse.Namespace) -> int:
         logging.getLogger("meeting_sfu").warning("uvloop unavailable, using asyncio's loop")
         run = asyncio.run
     try:
-        app = create_app(config)
-    except RuntimeError as exc:  # e.g. the aiortc private API check at start-up
+        check_private_api()
+    except RuntimeError as exc:  # the aiortc/aioice private names the media plane needs
         print(f"meeting-sfu: cannot start: {exc}", file=sys.stderr)
         return 3
+    app = create_app(config)
     logging.getLogger("meeting_sfu").info(
         "serving host=%s port=%s data_dir=%s", config.server.host, config.server.port, config.data_path
     )
-    run(_run(app, config.server.host, config.server.port))
+    try:
+        run(_run(app, config.server.host, config.server.port))
+    except MediaStartError as exc:
+        print(f"meeting-sfu: cannot start: {exc}", file=sys.stderr)
+        return 2
     return 0
+
+
+class MediaStartError(Exception):
+    """The media workers could not start (e.g. `[media] udp_port` is taken)."""
 
 
 async def _run(app, host: str, port: int) -> None:  # noqa: ANN001
@@ -77,8 +92,17 @@ async def _run(app, host: str, port: int) -> None:  # noqa: ANN001
 
     from .runner import AppRunner
 
+    from .keys import MEDIA
+
     runner = AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
+    start = getattr(app[MEDIA], "start", None)
+    if start is not None:  # the workers start before the node listens: a first join is fast
+        try:
+            await start()
+        except RuntimeError as exc:
+            await runner.cleanup()
+            raise MediaStartError(str(exc)) from None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

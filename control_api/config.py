@@ -12,6 +12,9 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from sfu.audio.settings import AudioSettings
+from sfu.settings import MediaPlaneSettings
+
 
 class ConfigError(ValueError):
     """A setting has the wrong type or an unknown name."""
@@ -42,13 +45,42 @@ class RecordingSettings:
     dir: str = ""  # empty: <data_dir>/recordings
 
 
+_AUDIO = AudioSettings()  # the talking defaults have one source: the audio bridge's settings
+
+
 @dataclass(frozen=True)
 class MediaSettings:
     ice_addresses: tuple[str, ...] = ("127.0.0.1",)
     public_ip: str = ""
-    talking_level_dbov: int = 45
-    talking_packets: int = 10
-    silence_packets: int = 25
+    workers: int = 0  # media worker processes; 0: one per CPU
+    udp_port: int = 0  # worker i binds udp_port + i; 0: the OS chooses
+    talking_level_dbov: int = _AUDIO.talking_level_dbov
+    talking_packets: int = _AUDIO.talking_packets
+    silence_packets: int = _AUDIO.silence_packets
+
+    def __post_init__(self) -> None:
+        for key, low, high in (
+            ("workers", 0, 256),
+            ("udp_port", 0, 65535),
+            ("talking_level_dbov", 0, 127),
+            ("talking_packets", 1, 3000),
+            ("silence_packets", 1, 3000),
+        ):
+            value = getattr(self, key)
+            if not low <= value <= high:
+                raise ConfigError(f"[media] {key}: expected {low}..{high}, got {value!r}")
+
+    def plane_settings(self) -> MediaPlaneSettings:
+        """What the media plane gets: its own plain settings, never this Config."""
+        audio = replace(
+            _AUDIO,
+            talking_level_dbov=self.talking_level_dbov,
+            talking_packets=self.talking_packets,
+            silence_packets=self.silence_packets,
+        )
+        return MediaPlaneSettings(
+            ice_addresses=self.ice_addresses, public_ip=self.public_ip, udp_port=self.udp_port, audio=audio
+        )
 
 
 @dataclass(frozen=True)

@@ -18,12 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from recorder.recording import merge_parts, part_files
+from sfu import api
 from sfu.api import (
     MediaError,
     MediaEvent,
     MediaService,
+    MeetingLost,
     PeerClosed,
     ProducerStateChanged,
+    RecordingResult,
     StreamRef,
     SubscriberOffer,
     TalkingChanged,
@@ -80,15 +83,37 @@ class LiveMeeting:
     started_at: datetime
     participants: dict[str, Participant] = field(default_factory=dict)
     recording: ActiveRecording | None = None
+    media_lost: bool = False  # its media worker died: the media plane holds nothing of it
+
+
+# The HTTP status of each media error code (sfu knows no HTTP; DESIGN §9.1).
+MEDIA_STATUS = {
+    api.BAD_SDP: 400,
+    api.BAD_KIND: 400,
+    api.UNSUPPORTED_CODEC: 400,
+    api.NO_OFFER: 409,
+    api.CLOSED: 409,
+    api.GONE: 409,
+    api.UNAVAILABLE: 503,
+    api.WORKER_LOST: 503,
+    api.TIMEOUT: 503,
+    api.INTERNAL: 500,
+}
+
+
+def media_status(exc: MediaError) -> int:
+    return MEDIA_STATUS.get(exc.code, 503)
 
 
 @contextlib.contextmanager
 def media_errors() -> Iterator[None]:
-    """A media-plane refusal becomes the API error with the status it names."""
+    """A media-plane refusal becomes the API error with the status its code maps to."""
     try:
         yield
     except MediaError as exc:
-        raise ApiError(exc.status, exc.code, exc.message) from None
+        status = media_status(exc)
+        code = "internal_error" if status == 500 else ("media_unavailable" if status == 503 else exc.code)
+        raise ApiError(status, code, exc.message) from None
 
 
 def unique_path(path: Path) -> Path:
@@ -100,6 +125,15 @@ def unique_path(path: Path) -> Path:
         if not candidate.exists():
             return candidate
     raise ApiError(409, "conflict", "too many recordings with that name")
+
+
+def _recover_parts(work_path: Path, final: Path) -> RecordingResult | None:
+    """Merge the crash-safe parts a recorder left (its process died) into `final`."""
+    if not part_files(work_path):
+        return None
+    size = merge_parts(work_path, final)
+    log.info("recording recovered path=%s bytes=%s", final, size)
+    return RecordingResult(str(final), size) if size else None
 
 
 class MeetingService:
@@ -123,7 +157,7 @@ class MeetingService:
         self._clock = clock
         self._live: dict[str, LiveMeeting] = {}
         self._locks: dict[str, asyncio.Lock] = {}
-        media.set_listener(self.on_media_event)
+        self._tasks: set[asyncio.Task[None]] = set()
         # A restart stops every meeting: no waiting queue and no running recording survive it.
         store.clear_waiting()
         self._recover_recordings()
@@ -665,16 +699,42 @@ class MeetingService:
                 ),
             )
 
+    async def run_media_events(self) -> None:
+        """Read the media plane's events until cancelled (a task of the app)."""
+        async for event in self.media.events():
+            self.on_media_event(event)
+
     def on_media_event(self, event: MediaEvent) -> None:
-        """Media-plane callbacks, turned into websocket events (never raises)."""
+        """Media-plane events, turned into websocket events (never raises)."""
         try:
+            if isinstance(event, MeetingLost):
+                task = asyncio.ensure_future(self._meeting_lost(event))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+                return
             self._on_media_event(event)
-        except Exception:  # a bad event must not break the media plane's loop
+        except Exception:  # a bad event must not stop the events loop
             log.exception("media event failed event=%r", event)
+
+    async def _meeting_lost(self, event: MeetingLost) -> None:
+        """The worker holding the meeting died: the meeting stops as by a stop (DESIGN §9.1)."""
+        try:
+            row = self.store.get_meeting(event.meeting_id)
+            if row is None:
+                return
+            async with self._lock(event.meeting_id):
+                live = self._live.get(event.meeting_id)
+                if live is None:
+                    return
+                live.media_lost = True
+                log.error("meeting lost its media meeting=%s reason=%s", event.meeting_id, event.reason)
+                await self._stop(row, live)
+        except Exception:
+            log.exception("stopping a meeting that lost its media failed meeting=%s", event.meeting_id)
 
     def _on_media_event(self, event: MediaEvent) -> None:
         live = self._live.get(event.meeting_id)
-        if live is None:
+        if live is None or isinstance(event, MeetingLost):
             return
         p = live.participants.get(event.user_id)
         if isinstance(event, ProducerStateChanged):
@@ -776,7 +836,10 @@ class MeetingService:
         target.parent.mkdir(parents=True, exist_ok=True)
         final = unique_path(target)
         try:
-            result = await self.media.stop_recording(meeting_id, str(final))
+            if live.media_lost:  # nothing left in the media plane: what reached the disk is kept
+                result = await asyncio.to_thread(_recover_parts, Path(rec.work_path), final)
+            else:
+                result = await self.media.stop_recording(meeting_id, str(final))
         except MediaError as exc:
             log.error("recording finalisation failed meeting=%s error=%s", meeting_id, exc.message)
             result = None

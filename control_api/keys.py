@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 if TYPE_CHECKING:
-    from sfu.api import MediaService
+    from sfu.api import MediaService, StatsReport
     from sfu.metrics import MediaStats
 
     from .auth import TokenAuthority
@@ -24,6 +24,7 @@ DOMAIN: web.AppKey["MeetingService"] = web.AppKey("domain")
 MEDIA: web.AppKey["MediaService"] = web.AppKey("media")
 TOKENS: web.AppKey["TokenAuthority"] = web.AppKey("tokens")
 METRICS: web.AppKey["ControlMetrics"] = web.AppKey("metrics")
-MEDIA_STATS: web.AppKey["MediaStats"] = web.AppKey("media_stats")
+MEDIA_STATS: web.AppKey["MediaStats"] = web.AppKey("media_stats")  # the control plane's own (loop lag)
+MEDIA_REPORT: web.AppKey["StatsReport | None"] = web.AppKey("media_report")  # last media stats
 WEBSOCKETS: web.AppKey[set] = web.AppKey("websockets")
 PRINCIPAL = "meeting_sfu.principal"

@@ -1,33 +1,61 @@
 """The boundary between the control plane and the media plane.
 
-Everything that crosses it is plain data (ids, SDP strings, flags) so that routers can later live
-in worker processes without `control_api` noticing. The control plane calls the async methods of
-a `MediaService`; the media plane reports back through one listener callback with `MediaEvent`
-values. Neither side holds the other's objects.
+Everything that crosses it is plain data (ids, SDP strings, flags): the control plane calls the
+async methods of a `MediaService` and reads its `MediaEvent`s from `events()`; neither side holds
+the other's objects. With media workers (DESIGN §9.1) the requests, answers and events cross a
+process boundary as length-prefixed messages (`sfu.channel`), so nothing here may be a callback,
+a live object or an HTTP notion: a refusal is a `MediaError` with a media error code, which the
+control plane maps to its own status.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal, Protocol
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal, Protocol
 
 StreamKind = Literal["video", "screen"]
 PeerKind = Literal["audio", "video", "screen", "subscriber"]
 
+# Media error codes: what the media plane may refuse, and why (the control plane maps them).
+BAD_SDP = "bad_sdp"  # the SDP cannot be used (syntax, no media section...)
+BAD_KIND = "bad_kind"  # an unknown stream type
+UNSUPPORTED_CODEC = "unsupported_codec"  # no codec the node forwards
+NO_OFFER = "no_offer"  # an answer with no offer waiting for it
+CLOSED = "closed"  # the meeting's media (or the PC) is closed
+GONE = "gone"  # the participant left while the request ran
+UNAVAILABLE = "unavailable"  # the media plane cannot serve now (shut down, no worker)
+WORKER_LOST = "worker_lost"  # the worker holding the meeting died during the request
+TIMEOUT = "timeout"  # the worker did not answer in time
+INTERNAL = "internal"  # a defect of the media plane (logged where it happened)
+ERROR_CODES = frozenset(
+    {BAD_SDP, BAD_KIND, UNSUPPORTED_CODEC, NO_OFFER, CLOSED, GONE, UNAVAILABLE, WORKER_LOST, TIMEOUT, INTERNAL}
+)
+
 
 class MediaError(Exception):
-    """A request the media plane refuses; `status` is the HTTP status the control plane uses."""
+    """A request the media plane refuses: `code` is one of the media error codes above."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
-        self.status = status
         self.code = code
         self.message = message
 
+    def to_wire(self) -> dict[str, str]:
+        return {"code": self.code, "message": self.message}
+
+    @classmethod
+    def from_wire(cls, data: Any) -> MediaError:
+        if not isinstance(data, dict):
+            return cls(UNAVAILABLE, "malformed error from the media plane")
+        return cls(str(data.get("code", UNAVAILABLE)), str(data.get("message", "")))
+
+    def __repr__(self) -> str:
+        return f"MediaError({self.code!r}, {self.message!r})"
+
 
 def bad_sdp(message: str) -> MediaError:
-    return MediaError(400, "bad_sdp", message)
+    return MediaError(BAD_SDP, message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +73,12 @@ class SubscribedStream:
     user_id: str
     kind: StreamKind
     mid: str
+
+
+@dataclass(frozen=True, slots=True)
+class RecordingResult:
+    path: str
+    size_bytes: int
 
 
 # --- events from the media plane -------------------------------------------------------------
@@ -85,21 +119,44 @@ class PeerClosed:
     peer: PeerKind
 
 
-MediaEvent = ProducerStateChanged | SubscriberOffer | TalkingChanged | PeerClosed
-MediaListener = Callable[[MediaEvent], None]
-
-
 @dataclass(frozen=True, slots=True)
-class RecordingResult:
-    path: str
-    size_bytes: int
+class MeetingLost:
+    """The media plane lost every PC of the meeting at once (its worker died): the control plane
+    stops the meeting (and recovers a recording that ran there from its parts on disk)."""
+
+    meeting_id: str
+    reason: str
+
+
+MediaEvent = ProducerStateChanged | SubscriberOffer | TalkingChanged | PeerClosed | MeetingLost
+_EVENT_TYPES: dict[str, type] = {
+    cls.__name__: cls
+    for cls in (ProducerStateChanged, SubscriberOffer, TalkingChanged, PeerClosed, MeetingLost)
+}
+
+
+def event_to_wire(event: MediaEvent) -> dict[str, Any]:
+    body = asdict(event)
+    body["type"] = type(event).__name__
+    return body
+
+
+def event_from_wire(data: dict[str, Any]) -> MediaEvent:
+    """Rebuild an event; ValueError when it is not one."""
+    cls = _EVENT_TYPES.get(data.get("type", "")) if isinstance(data, dict) else None
+    if cls is None:
+        raise ValueError(f"not a media event: {data!r:.80}")
+    names = {f.name for f in fields(cls)}
+    values = {k: v for k, v in data.items() if k in names}
+    return cls(**values)
 
 
 class MediaService(Protocol):
     """What the control plane may ask of the media plane. All calls are idempotent where
     the wording allows ("close", "remove"); ids are strings (UUIDs)."""
 
-    def set_listener(self, listener: MediaListener) -> None: ...
+    def events(self) -> AsyncIterator[MediaEvent]:
+        """The media plane's events, in the order they happened (one reader)."""
 
     async def open_meeting(self, meeting_id: str) -> None: ...
 
@@ -140,5 +197,51 @@ class MediaService(Protocol):
 
     async def stop_recording(self, meeting_id: str, final_path: str) -> RecordingResult | None: ...
 
+    async def stats_report(self) -> StatsReport:
+        """A fresh snapshot of the media plane's counters (see `sfu.metrics`)."""
+
     async def close(self) -> None:
         """Close everything (server shutdown)."""
+
+
+@dataclass(frozen=True)
+class StatsReport:
+    """Counters of the media plane: `workers` maps a worker label ("0".."N-1") to its
+    `MediaStats.snapshot()`; `retired` holds the counters of workers that died (so sums never go
+    backwards); `restarts` counts worker restarts."""
+
+    workers: dict[str, dict[str, Any]]
+    retired: dict[str, Any] | None = None
+    restarts: int = 0
+
+
+__all__ = [
+    "BAD_KIND",
+    "BAD_SDP",
+    "CLOSED",
+    "ERROR_CODES",
+    "GONE",
+    "INTERNAL",
+    "NO_OFFER",
+    "TIMEOUT",
+    "UNAVAILABLE",
+    "UNSUPPORTED_CODEC",
+    "WORKER_LOST",
+    "MediaError",
+    "MediaEvent",
+    "MediaService",
+    "MeetingLost",
+    "PeerClosed",
+    "PeerKind",
+    "ProducerStateChanged",
+    "RecordingResult",
+    "StatsReport",
+    "StreamKind",
+    "StreamRef",
+    "SubscribedStream",
+    "SubscriberOffer",
+    "TalkingChanged",
+    "bad_sdp",
+    "event_from_wire",
+    "event_to_wire",
+]

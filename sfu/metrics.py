@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import bisect
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+
+from .api import StatsReport
 
 KINDS = ("video", "screen", "audio")
 PC_STATES = ("new", "connecting", "connected", "disconnected", "failed", "closed")
@@ -78,35 +80,98 @@ class MediaStats:
         )
         self.loop_lag_seconds = Histogram((0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0))
 
-    def pc_state_changed(self, old: str | None, new: str) -> None:
+    def pc_state_changed(self, old: str | None, new: str | None) -> None:
         if old in self.peer_connections:
             self.peer_connections[old] -= 1
         if new in self.peer_connections:
             self.peer_connections[new] += 1
 
+    # --- plain data, for the control plane (stats cross the worker boundary as snapshots) -----
+
+    def snapshot(self) -> dict[str, Any]:
+        """Every counter, gauge and histogram as plain data (ints, dicts of ints, histograms as
+        {"counts", "total", "count"})."""
+        out: dict[str, Any] = {}
+        for name, value in vars(self).items():
+            if isinstance(value, Histogram):
+                out[name] = {"counts": list(value.counts), "total": value.total, "count": value.count}
+            elif isinstance(value, dict):
+                out[name] = dict(value)
+            elif isinstance(value, int | float):
+                out[name] = value
+        return out
+
+    @classmethod
+    def merged(cls, snapshots: Iterable[dict[str, Any]]) -> MediaStats:
+        """The sum of several snapshots (workers' counters, the retired ones included), as a
+        MediaStats that collectors read like a live one. Unknown names are ignored."""
+        total = cls()
+        for snap in snapshots:
+            for name, value in snap.items():
+                current = getattr(total, name, None)
+                if isinstance(current, Histogram) and isinstance(value, dict):
+                    counts = value.get("counts") or []
+                    if len(counts) == len(current.counts):
+                        current.counts = [a + b for a, b in zip(current.counts, counts, strict=True)]
+                        current.total += value.get("total", 0.0)
+                        current.count += value.get("count", 0)
+                elif isinstance(current, dict) and isinstance(value, dict):
+                    for key, n in value.items():
+                        if isinstance(n, int | float):
+                            current[key] = current.get(key, 0) + n
+                elif isinstance(current, int | float) and isinstance(value, int | float):
+                    setattr(total, name, current + value)
+        return total
+
+
+def retire(snapshot: dict[str, Any]) -> dict[str, Any]:
+    """What of a dead worker's last snapshot is kept in the node's sums: the counters and
+    histograms, not the gauges (its PCs, producers and consumers are gone)."""
+    return {k: v for k, v in snapshot.items() if k not in GAUGES}
+
+
+# Current values (a worker's own; exposed per worker), not summed into the node's counters.
+GAUGES = frozenset({"peer_connections", "producers", "consumers", "live"})
+
 
 class MediaCollector(Collector):
-    """Exposes a MediaStats as meeting_sfu_* metrics."""
+    """Exposes the media plane's counters as meeting_sfu_* metrics: counters summed over the
+    workers (those of dead workers included), gauges per worker with the label `worker`."""
 
-    def __init__(self, stats: MediaStats) -> None:
-        self.stats = stats
+    def __init__(self, report: Callable[[], StatsReport | None]) -> None:
+        self.report = report
 
     def collect(self) -> Iterator:
-        s = self.stats
+        report = self.report() or StatsReport(workers={})
+        workers = sorted(report.workers.items(), key=lambda item: int(item[0]) if item[0].isdigit() else 0)
+        views = [(label, MediaStats.merged([snap])) for label, snap in workers]
+        s = MediaStats.merged([*(snap for _, snap in workers), *([report.retired] if report.retired else [])])
         pcs = GaugeMetricFamily(
-            "meeting_sfu_peer_connections", "Server peer connections by state", labels=["state"]
+            "meeting_sfu_peer_connections", "Server peer connections by state", labels=["state", "worker"]
         )
-        for state, n in s.peer_connections.items():
-            pcs.add_metric([state], n)
+        for label, view in views:
+            for state, n in view.peer_connections.items():
+                pcs.add_metric([state, label], n)
         yield pcs
-        for name, doc, values in (
-            ("meeting_sfu_producers", "Incoming media streams by kind", s.producers),
-            ("meeting_sfu_consumers", "Forwarded streams (one per subscriber) by kind", s.consumers),
+        for name, doc, attr in (
+            ("meeting_sfu_producers", "Incoming media streams by kind", "producers"),
+            ("meeting_sfu_consumers", "Forwarded streams (one per subscriber) by kind", "consumers"),
         ):
-            g = GaugeMetricFamily(name, doc, labels=["kind"])
-            for kind, n in values.items():
-                g.add_metric([kind], n)
+            g = GaugeMetricFamily(name, doc, labels=["kind", "worker"])
+            for label, view in views:
+                for kind, n in getattr(view, attr).items():
+                    g.add_metric([kind, label], n)
             yield g
+        meetings = GaugeMetricFamily(
+            "meeting_sfu_worker_meetings", "Meetings whose media a worker holds", labels=["worker"]
+        )
+        for label, snap in workers:
+            meetings.add_metric([label], (snap.get("live") or {}).get("meetings", 0))
+        yield meetings
+        yield GaugeMetricFamily("meeting_sfu_workers", "Media worker processes running", value=len(workers))
+        yield CounterMetricFamily(
+            "meeting_sfu_worker_restarts", "Media workers restarted after they died", value=report.restarts
+        )
         for name, doc, inbound, outbound in (
             ("meeting_sfu_rtp_packets", "RTP packets", s.rtp_packets_in, s.rtp_packets_out),
             ("meeting_sfu_rtp_bytes", "RTP bytes", s.rtp_bytes_in, s.rtp_bytes_out),

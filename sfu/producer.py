@@ -76,7 +76,6 @@ def choose_codec(offer: SessionDescription) -> tuple[int, CodecChoice]:
         if not base:
             offered = sorted({c.mimeType for c in media.rtp.codecs})
             raise MediaError(
-                400,
                 "unsupported_codec",
                 "no supported video codec offered (VP8 or H.264 packetization-mode=1); "
                 f"got {offered}",

@@ -98,7 +98,7 @@ class Router:
                 raise
             if self.closed:
                 await producer.close()
-                raise MediaError(409, "closed", "the meeting media is closed")
+                raise MediaError("closed", "the meeting media is closed")
             self.producers[(user_id, kind)] = producer
             log.info("producer opened meeting=%s user=%s kind=%s codec=%s",
                      self.meeting_id, user_id, kind, codec.mime_type)
@@ -164,7 +164,7 @@ class Router:
         self._check_open()
         transport = self.subscribers.get(user_id)
         if transport is None:
-            raise MediaError(409, "no_offer", "no receive connection was offered to this user")
+            raise MediaError("no_offer", "no receive connection was offered to this user")
         return await transport.apply_answer(answer_sdp)
 
     def _subscriber_offer(self, transport: SubscriberTransport, sdp: str) -> None:
@@ -215,7 +215,7 @@ class Router:
 
     def _check_open(self) -> None:
         if self.closed:
-            raise MediaError(409, "closed", "the meeting media is closed")
+            raise MediaError("closed", "the meeting media is closed")
 
     def _send(self, event: MediaEvent) -> None:
         try:

@@ -1,87 +1,103 @@
-"""LocalMediaService: the in-process MediaService, one Router per meeting plus the audio bridge.
+"""LocalMediaService: the MediaService of one process, one Router per meeting plus its audio bridge.
 
-Video and screen go through the meeting's Router (RTP pass-through). Audio is delegated to
-`sfu.audio.AudioBridge`, imported lazily so the SFU works while that package is absent (its
-methods then answer 501). Recording attaches a `recorder.MeetingRecording` to the Router's tap
-(every producer's RTP) and to the bridge's mix tap (the encoded mix of everyone).
+Video and screen go through the meeting's Router (RTP pass-through); audio through its
+`sfu.audio.AudioBridge`. A recording is whatever `recorder_factory` builds for the Router and the
+bridge (the media worker composes `recorder` in; `sfu` itself never imports it). This is what runs
+inside each media worker process, and what unit tests drive in-process.
 """
 
 from __future__ import annotations
 
-import importlib
+import asyncio
 import logging
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Protocol
 
 from . import aiortc_hooks
 from .api import (
+    BAD_KIND,
+    NO_OFFER,
+    UNAVAILABLE,
     MediaError,
     MediaEvent,
-    MediaListener,
     RecordingResult,
+    StatsReport,
     StreamKind,
     StreamRef,
     SubscribedStream,
     TalkingChanged,
 )
+from .audio import AudioBridge
 from .metrics import MediaStats
 from .router import Router
+from .settings import MediaPlaneSettings
 
 log = logging.getLogger("meeting_sfu.sfu.service")
 
 _KINDS = ("video", "screen")
+EVENT_QUEUE_LIMIT = 10_000  # events waiting for the control plane; beyond, dropped and logged
 
 
-def _not_implemented(message: str) -> MediaError:
-    return MediaError(501, "not_implemented", message)
+class MeetingRecorder(Protocol):
+    """What a recording of one meeting must offer the media service."""
+
+    def attach_bridge(self, bridge: AudioBridge) -> None: ...
+
+    def detach(self) -> None: ...
+
+    async def finalize(self, final_path: str) -> int: ...
+
+
+RecorderFactory = Callable[[Router, str, MediaStats], MeetingRecorder]
 
 
 class LocalMediaService:
     """MediaService for routers living in this process (see module docstring)."""
 
-    def __init__(self, *, audio_settings: Any = None, check_hooks: bool = True) -> None:
+    def __init__(
+        self,
+        settings: MediaPlaneSettings | None = None,
+        *,
+        recorder_factory: RecorderFactory | None = None,
+        check_hooks: bool = True,
+    ) -> None:
         if check_hooks:
             aiortc_hooks.check_private_api()
-        self._listener: MediaListener | None = None
+        self.settings = settings if settings is not None else MediaPlaneSettings()
+        self._recorder_factory = recorder_factory
         self._routers: dict[str, Router] = {}
-        self._bridges: dict[str, Any] = {}
-        self._audio_settings = audio_settings
-        self.stats = MediaStats()  # read by the control plane's /metrics collector
-        self._recordings: dict[str, Any] = {}
+        self._bridges: dict[str, AudioBridge] = {}
+        self._recordings: dict[str, MeetingRecorder] = {}
+        self._events: asyncio.Queue[MediaEvent] | None = None
+        self.events_dropped = 0
+        self.stats = MediaStats()
         self.closed = False
 
-    @classmethod
-    def from_config(cls, config: Any) -> LocalMediaService:
-        """Built by the control plane from its Config ([media] talking settings)."""
-        settings = None
-        audio = _audio_module()
-        if audio is not None and hasattr(audio, "AudioSettings"):
-            media = getattr(config, "media", None)
-            values = {
-                k: getattr(media, k)
-                for k in ("talking_level_dbov", "talking_packets", "silence_packets")
-                if media is not None and hasattr(media, k)
-            }
-            try:
-                settings = audio.AudioSettings(**values)
-            except TypeError:
-                settings = audio.AudioSettings()
-        return cls(audio_settings=settings)
+    # --- events -----------------------------------------------------------------------------
 
-    # --- listener ---------------------------------------------------------------------------
-
-    def set_listener(self, listener: MediaListener) -> None:
-        self._listener = listener
+    def _queue(self) -> asyncio.Queue[MediaEvent]:
+        if self._events is None:
+            self._events = asyncio.Queue(EVENT_QUEUE_LIMIT)
+        return self._events
 
     def _emit(self, event: MediaEvent) -> None:
-        if self._listener is not None:
-            self._listener(event)
+        try:
+            self._queue().put_nowait(event)
+        except asyncio.QueueFull:
+            self.events_dropped += 1
+            log.error("media event dropped (nobody reads events) event=%s", type(event).__name__)
+
+    async def events(self) -> AsyncIterator[MediaEvent]:
+        queue = self._queue()
+        while True:
+            yield await queue.get()
 
     # --- meetings ---------------------------------------------------------------------------
 
     def router(self, meeting_id: str) -> Router:
         """The meeting's Router, created on first use (open_meeting is optional)."""
         if self.closed:
-            raise MediaError(503, "closed", "the media service is closed")
+            raise MediaError(UNAVAILABLE, "the media service is closed")
         router = self._routers.get(meeting_id)
         if router is None or router.closed:
             router = self._routers[meeting_id] = Router(meeting_id, self._emit, self.stats)
@@ -143,28 +159,22 @@ class LocalMediaService:
     ) -> list[SubscribedStream]:
         router = self._routers.get(meeting_id)
         if router is None:
-            raise MediaError(409, "no_offer", "no receive connection was offered to this user")
+            raise MediaError(NO_OFFER, "no receive connection was offered to this user")
         return await router.answer_subscriber(user_id, answer_sdp)
 
     # --- audio ------------------------------------------------------------------------------
 
-    def _bridge(self, meeting_id: str) -> Any:
+    def _bridge(self, meeting_id: str) -> AudioBridge:
         bridge = self._bridges.get(meeting_id)
         if bridge is not None:
             return bridge
-        audio = _audio_module()
-        if audio is None or not hasattr(audio, "AudioBridge"):
-            raise _not_implemented("the audio bridge is not available yet")
         self.router(meeting_id)  # the meeting exists for the media plane from now on
-        settings = self._audio_settings
-        if settings is None and hasattr(audio, "AudioSettings"):
-            settings = self._audio_settings = audio.AudioSettings()
 
         def on_talking(user_id: str, is_talking: bool) -> None:
             self._emit(TalkingChanged(meeting_id, user_id, is_talking))
 
-        bridge = self._bridges[meeting_id] = audio.AudioBridge(
-            meeting_id, on_talking, settings, stats=self.stats
+        bridge = self._bridges[meeting_id] = AudioBridge(
+            meeting_id, on_talking, self.settings.audio, stats=self.stats
         )
         recording = self._recordings.get(meeting_id)
         if recording is not None:
@@ -175,18 +185,16 @@ class LocalMediaService:
         return await self._bridge(meeting_id).offer(user_id, offer_sdp)
 
     async def set_audio_enabled(self, meeting_id: str, user_id: str, enabled: bool) -> None:
-        result = self._bridge(meeting_id).set_enabled(user_id, enabled)
-        if hasattr(result, "__await__"):
-            await result
+        self._bridge(meeting_id).set_enabled(user_id, enabled)
 
     # --- recording --------------------------------------------------------------------------
 
     async def start_recording(self, meeting_id: str, work_path: str) -> None:
         if meeting_id in self._recordings:
             return
-        from recorder.meeting import MeetingRecording
-
-        recording = MeetingRecording(self.router(meeting_id), work_path, self.stats)
+        if self._recorder_factory is None:
+            raise MediaError(UNAVAILABLE, "this media plane has no recorder")
+        recording = self._recorder_factory(self.router(meeting_id), work_path, self.stats)
         bridge = self._bridges.get(meeting_id)
         if bridge is not None:
             recording.attach_bridge(bridge)
@@ -203,6 +211,15 @@ class LocalMediaService:
 
     # --- service ----------------------------------------------------------------------------
 
+    def snapshot(self) -> dict[str, Any]:
+        """This process's counters and live objects, as plain data."""
+        body = self.stats.snapshot()
+        body["live"] = self.counts()
+        return body
+
+    async def stats_report(self) -> StatsReport:
+        return StatsReport(workers={"0": self.snapshot()})
+
     async def close(self) -> None:
         self.closed = True
         meetings = list(self._routers) + [m for m in self._bridges if m not in self._routers]
@@ -210,26 +227,18 @@ class LocalMediaService:
             await self.close_meeting(meeting_id)
 
     def counts(self) -> dict[str, int]:
-        """Live objects: meetings, producers, subscribers (receive PCs), consumers."""
+        """Live objects: meetings, producers, subscribers (receive PCs), consumers, audio PCs."""
         out = {"meetings": len(self._routers), "producers": 0, "subscribers": 0, "consumers": 0}
         for router in self._routers.values():
             for k, v in router.counts().items():
                 out[k] += v
+        out["audio_participants"] = sum(b.participant_count for b in self._bridges.values())
         return out
 
 
 def _check_kind(kind: str) -> None:
     if kind not in _KINDS:
-        raise MediaError(400, "bad_kind", f"unknown stream type {kind!r}")
+        raise MediaError(BAD_KIND, f"unknown stream type {kind!r}")
 
 
-def _audio_module() -> Any:
-    try:
-        return importlib.import_module("sfu.audio")
-    except ImportError as exc:
-        if exc.name not in ("sfu.audio", "sfu"):
-            log.warning("audio bridge cannot be imported: %s", exc)
-        return None
-
-
-__all__ = ["LocalMediaService"]
+__all__ = ["LocalMediaService", "MeetingRecorder", "RecorderFactory"]

@@ -153,7 +153,7 @@ class SubscriberTransport:
         """Apply a subscription change; the new offer, or None when nothing changed."""
         async with self._lock:
             if self.closed:
-                raise MediaError(409, "closed", "the receive connection is closed")
+                raise MediaError("closed", "the receive connection is closed")
             changed = False
             for user_id, kind in unsubscribe:
                 consumer = self.consumer_of(user_id, kind)  # type: ignore[arg-type]
@@ -253,9 +253,9 @@ class SubscriberTransport:
         description = parse_session_description(answer_sdp, "answer")
         async with self._lock:
             if self.closed or self.pc is None:
-                raise MediaError(409, "no_offer", "there is no receive connection to answer")
+                raise MediaError("no_offer", "there is no receive connection to answer")
             if self.pc.signalingState != "have-local-offer":
-                raise MediaError(409, "no_offer", "no offer is waiting for an answer")
+                raise MediaError("no_offer", "no offer is waiting for an answer")
             try:
                 await self.pc.setRemoteDescription(description)
             except Exception as exc:

@@ -85,7 +85,7 @@ class AudioBridge:
     async def offer(self, user_id: str, offer_sdp: str) -> str:
         """Answer the participant's audio offer: a new PC, or a renegotiation of his PC."""
         if self.closed:
-            raise MediaError(409, "closed", "the meeting's audio is closed")
+            raise MediaError("closed", "the meeting's audio is closed")
         description = parse_session_description(offer_sdp, "offer")
         try:
             parsed = SessionDescription.parse(description.sdp)
@@ -96,7 +96,7 @@ class AudioBridge:
             raise bad_sdp("the offer has no audio m-line")
         opus = next((c for c in media.rtp.codecs if c.mimeType.lower() == "audio/opus"), None)
         if opus is None or opus.payloadType is None:
-            raise MediaError(400, "unsupported_codec", "the audio offer has no Opus codec")
+            raise MediaError("unsupported_codec", "the audio offer has no Opus codec")
         level_id = next(
             (e.id for e in media.rtp.headerExtensions if e.uri == AUDIO_LEVEL_URI), None
         )
@@ -104,7 +104,7 @@ class AudioBridge:
         p = self._participant(user_id)
         async with p.lock:
             if self.closed or self._participants.get(user_id) is not p:
-                raise MediaError(409, "gone", "the participant left the meeting's audio")
+                raise MediaError("gone", "the participant left the meeting's audio")
             pc = p.pc
             if pc is not None and (
                 pc.connectionState in ("failed", "closed")
@@ -130,13 +130,22 @@ class AudioBridge:
                 raise bad_sdp(f"offer rejected: {exc.__class__.__name__}: {exc}") from exc
             if self.closed or self._participants.get(user_id) is not p:
                 await self._drop_pc(p)
-                raise MediaError(409, "gone", "the participant left the meeting's audio")
+                raise MediaError("gone", "the participant left the meeting's audio")
             p.identity = identity
             p.member.input.configure(opus.payloadType, level_id)
             if p.member.output is not None:
                 p.member.output.payload_type = opus.payloadType
         self.ticker.start()
         return sdp
+
+    @property
+    def participant_count(self) -> int:
+        return len(self._participants)
+
+    def peer_connection(self, user_id: str) -> Any:
+        """The participant's audio PC (None before his offer or after it closed)."""
+        p = self._participants.get(user_id)
+        return p.pc if p is not None else None
 
     def set_enabled(self, user_id: str, enabled: bool) -> None:
         """Unmute (True) or mute (False); a participant starts muted, even before his PC."""

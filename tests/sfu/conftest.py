@@ -5,7 +5,10 @@ import pytest
 
 from sfu.api import MediaEvent
 from sfu.peer import IceSettings, configure_ice
+from control_api.workers import WorkerPool
+from recorder.meeting import MeetingRecording
 from sfu.service import LocalMediaService
+from sfu.settings import MediaPlaneSettings
 
 
 class Events:
@@ -48,10 +51,37 @@ async def events():
     return Events()
 
 
+async def _drain(service, events: Events) -> None:
+    async for event in service.events():
+        events(event)
+
+
+@contextlib.asynccontextmanager
+async def running(svc, events: Events):
+    """A media service whose events are collected into `events`, closed afterwards."""
+    reader = asyncio.create_task(_drain(svc, events))
+    try:
+        yield svc
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(svc.close(), 15)
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+
+
 @pytest.fixture
 async def service(events):
-    svc = LocalMediaService()
-    svc.set_listener(events)
-    yield svc
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(svc.close(), 10)
+    async with running(LocalMediaService(recorder_factory=MeetingRecording), events) as svc:
+        yield svc
+
+
+@pytest.fixture(params=["local", "workers"])
+async def media(request, events):
+    """Every MediaService the node has: in-process, and the pool of worker processes."""
+    if request.param == "local":
+        svc = LocalMediaService(recorder_factory=MeetingRecording)
+    else:
+        svc = WorkerPool(MediaPlaneSettings(ice_addresses=("127.0.0.1",)), 2)
+    async with running(svc, events) as svc:
+        yield svc
