@@ -147,6 +147,11 @@ class AudioBridge:
         p = self._participants.get(user_id)
         return p.pc if p is not None else None
 
+    def member(self, user_id: str) -> Member | None:
+        """The participant's place in the mixer (None when he is not in the bridge)."""
+        p = self._participants.get(user_id)
+        return p.member if p is not None else None
+
     def set_enabled(self, user_id: str, enabled: bool) -> None:
         """Unmute (True) or mute (False); a participant starts muted, even before his PC."""
         if self.closed:

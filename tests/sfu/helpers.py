@@ -20,4 +20,37 @@ def ref(user: str, kind: str = "video") -> StreamRef:
 
 
 def router(service, meeting: str = MEETING):
-    return service._routers[meeting]
+    """The meeting's Router of an in-process service (for tests of the Router itself)."""
+    return service.router(meeting)
+
+
+async def media_stats(service):
+    """The service's counters summed over its workers (what /metrics shows)."""
+    from sfu.metrics import MediaStats
+
+    report = await bounded(service.stats_report())
+    return MediaStats.merged(report.workers.values())
+
+
+async def live_counts(service) -> dict[str, int]:
+    """Live objects of the service: meetings, producers, subscribers, consumers, audio PCs."""
+    report = await bounded(service.stats_report())
+    total: dict[str, int] = {}
+    for snap in report.workers.values():
+        for key, n in (snap.get("live") or {}).items():
+            total[key] = total.get(key, 0) + n
+    return total
+
+
+async def counts_become(service, timeout: float = 10.0, **expected: int) -> None:
+    """Wait until the service's live counts include `expected` (e.g. consumers=0)."""
+    import asyncio
+
+    async def loop() -> None:
+        while True:
+            counts = await live_counts(service)
+            if all(counts.get(k) == v for k, v in expected.items()):
+                return
+            await asyncio.sleep(0.05)
+
+    await asyncio.wait_for(loop(), timeout)

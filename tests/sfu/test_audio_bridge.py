@@ -16,6 +16,7 @@ import pytest
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
+from control_api.domain import media_status
 from sfu import aiortc_hooks
 from sfu.api import MediaError
 from sfu.audio import AudioBridge, AudioSettings
@@ -280,9 +281,9 @@ async def test_the_mix_is_clocked_every_20_ms(bridge, clients):
 async def test_renegotiation_of_the_same_pc_is_answered(bridge, clients):
     await unmute_all(bridge)
     alice = clients["alice"]
-    pc_before = bridge._participants["alice"].pc
+    pc_before = bridge.peer_connection("alice")
     await alice.connect(bridge)  # a new offer on the same client PC
-    assert bridge._participants["alice"].pc is pc_before
+    assert bridge.peer_connection("alice") is pc_before
     await hears(alice, present={"bob", "carol"}, absent={"alice"})
     await hears(clients["bob"], present={"alice", "carol"}, absent={"bob"})
 
@@ -304,11 +305,11 @@ async def test_a_closed_client_pc_leaves_the_mix(bridge, clients):
     await hears(clients["bob"], present={"carol"}, absent={"alice", "bob"})
 
     async def forgotten() -> None:
-        while bridge._participants["alice"].pc is not None:
+        while bridge.peer_connection("alice") is not None:
             await asyncio.sleep(0.05)
 
     await bounded(forgotten(), 10)  # the server PC saw the close and left the mix
-    assert bridge._participants["alice"].member.output is None
+    assert bridge.member("alice").output is None
     assert bridge.is_enabled("alice")  # he may come back with a new offer, still unmuted
 
 
@@ -316,14 +317,14 @@ async def test_garbage_and_audioless_offers_are_400(bridge):
     for sdp in ("", "hello", "v=0\r\nthis is not sdp\r\n", "v=0\r\no=- x\r\nm=audio x"):
         with pytest.raises(MediaError) as err:
             await bounded(bridge.offer("dave", sdp))
-        assert err.value.status == 400
+        assert media_status(err.value) == 400
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     try:
         pc.addTransceiver("video", direction="sendrecv")
         await pc.setLocalDescription(await pc.createOffer())
         with pytest.raises(MediaError) as err:
             await bounded(bridge.offer("dave", pc.localDescription.sdp))
-        assert err.value.status == 400
+        assert media_status(err.value) == 400
         sdp = pc.localDescription.sdp
     finally:
         await pc.close()
@@ -339,7 +340,7 @@ async def test_garbage_and_audioless_offers_are_400(bridge):
         await pc.setLocalDescription(await pc.createOffer())
         with pytest.raises(MediaError) as err:
             await bounded(bridge.offer("dave", pc.localDescription.sdp))
-        assert err.value.status == 400
+        assert media_status(err.value) == 400
     finally:
         await pc.close()
     assert sdp
@@ -355,7 +356,7 @@ async def test_garbage_and_audioless_offers_are_400(bridge):
 
 async def test_garbage_rtp_does_not_break_the_bridge(bridge, clients):
     await unmute_all(bridge)
-    member = bridge._participants["alice"].member
+    member = bridge.member("alice")
     pt = member.input.payload_type
     junk_packets = (
         b"",
@@ -371,7 +372,7 @@ async def test_garbage_rtp_does_not_break_the_bridge(bridge, clients):
 
 
 async def test_close_closes_every_pc(bridge, clients):
-    pcs = [p.pc for p in bridge._participants.values()]
+    pcs = [bridge.peer_connection(u) for u in bridge.participants()]
     offer = await clients["alice"].offer()
     await bounded(bridge.close())
     assert all(pc.connectionState == "closed" for pc in pcs)

@@ -2,6 +2,7 @@
 
 import pytest
 
+from control_api.domain import media_status
 from sfu import aiortc_hooks
 from sfu.api import MediaError, StreamRef
 
@@ -26,7 +27,7 @@ async def _vp8_offer() -> tuple[Publisher, str]:
 async def _expect(status: int, coro) -> MediaError:
     with pytest.raises(MediaError) as info:
         await bounded(coro)
-    assert info.value.status == status, (info.value.status, info.value.message)
+    assert media_status(info.value) == status, (media_status(info.value), info.value.message)
     return info.value
 
 

@@ -5,7 +5,7 @@ import asyncio
 from sfu.api import PeerClosed, ProducerStateChanged, SubscriberOffer
 
 from .clients import Publisher, Subscriber, assert_counters_match, bounded, eventually
-from .helpers import MEETING, ref, router, subscribe
+from .helpers import MEETING, counts_become, media_stats, ref, router, subscribe
 
 
 async def _watching(service, events, start: int = 0):
@@ -25,20 +25,21 @@ async def _inactive_reoffer(service, events, sub: Subscriber, mid: str) -> None:
     assert await bounded(service.answer_subscriber(MEETING, "bob", answer)) == []
 
 
-async def test_unpublish_ends_the_consumers_with_an_inactive_reoffer(service, events):
+async def test_unpublish_ends_the_consumers_with_an_inactive_reoffer(media, events):
+    service = media
     pub, sub, stream = await _watching(service, events)
     try:
         await bounded(service.unpublish(MEETING, "alice", "video"))
         assert events.of(ProducerStateChanged, user_id="alice", active=False)
         await _inactive_reoffer(service, events, sub, stream.mid)
-        assert router(service).subscribers["bob"].consumers == []
-        assert ("alice", "video") not in router(service).producers
+        await counts_become(service, consumers=0, producers=0, subscribers=1)
     finally:
         await sub.close()
         await pub.close()
 
 
-async def test_publisher_leaving_mid_stream(service, events):
+async def test_publisher_leaving_mid_stream(media, events):
+    service = media
     pub, sub, stream = await _watching(service, events)
     try:
         await bounded(service.remove_participant(MEETING, "alice"))
@@ -51,26 +52,27 @@ async def test_publisher_leaving_mid_stream(service, events):
         await pub.close()
 
 
-async def test_publisher_pc_vanishing_ends_its_producer(service, events):
+async def test_publisher_pc_vanishing_ends_its_producer(media, events):
+    service = media
     pub, sub, stream = await _watching(service, events)
     try:
         await pub.close()
         await events.wait(PeerClosed, user_id="alice", peer="video")
         await events.wait(ProducerStateChanged, user_id="alice", active=False)
         await _inactive_reoffer(service, events, sub, stream.mid)
-        assert not router(service).producers
+        await counts_become(service, producers=0)
     finally:
         await sub.close()
 
 
-async def test_subscriber_vanishing_cleans_up_its_consumers(service, events):
+async def test_subscriber_vanishing_cleans_up_its_consumers(media, events):
+    service = media
     pub, sub, stream = await _watching(service, events)
     try:
-        producer = router(service).producers[("alice", "video")]
-        assert len(producer.consumers) == 1
+        await counts_become(service, consumers=1, subscribers=1)
         await sub.close()  # no leave, no unsubscribe: the client is just gone
         await events.wait(PeerClosed, user_id="bob", peer="subscriber")
-        await eventually(lambda: not producer.consumers and "bob" not in router(service).subscribers)
+        await counts_become(service, consumers=0, subscribers=0, producers=1)
         # The publisher is unaffected and a new subscriber still gets video.
         again = Subscriber()
         (s2,) = await subscribe(service, again, "bob", [ref("alice")])
@@ -80,16 +82,16 @@ async def test_subscriber_vanishing_cleans_up_its_consumers(service, events):
         await pub.close()
 
 
-async def test_meeting_close_closes_every_pc(service, events):
+async def test_meeting_close_closes_every_pc(media, events):
+    service = media
     pub, sub, stream = await _watching(service, events)
     screen = Publisher()
     try:
         await bounded(screen.publish(service, MEETING, "alice", "screen"))
-        r = router(service)
-        server_pcs = [p.pc for p in r.producers.values()] + [t.pc for t in r.subscribers.values()]
+        await counts_become(service, producers=2, subscribers=1, meetings=1)
         await bounded(service.close_meeting(MEETING))
-        assert all(pc.connectionState == "closed" for pc in server_pcs)
-        assert r.closed and not r.producers and not r.subscribers
+        await counts_become(service, producers=0, subscribers=0, consumers=0, meetings=0)
+        assert sum((await media_stats(service)).peer_connections.values()) == 0
         await eventually(lambda: pub.pc.connectionState == "closed")
         await eventually(lambda: sub.pc.connectionState == "closed")
     finally:
@@ -98,7 +100,8 @@ async def test_meeting_close_closes_every_pc(service, events):
         await screen.close()
 
 
-async def test_publisher_renegotiation_is_answered_and_forwarding_continues(service, events):
+async def test_publisher_renegotiation_is_answered_and_forwarding_continues(media, events):
+    service = media
     pub, sub, stream = await _watching(service, events)
     try:
         answer = await bounded(service.publish(MEETING, "alice", "video", await pub.offer()))
@@ -114,7 +117,8 @@ async def test_publisher_renegotiation_is_answered_and_forwarding_continues(serv
         await pub.close()
 
 
-async def test_producer_restart_on_a_new_client_pc_keeps_the_subscriber_stream(service, events):
+async def test_producer_restart_on_a_new_client_pc_keeps_the_subscriber_stream(media, events):
+    service = media
     pub, sub, stream = await _watching(service, events, start=0)
     fresh = Publisher(start=40000)
     try:
@@ -125,8 +129,7 @@ async def test_producer_restart_on_a_new_client_pc_keeps_the_subscriber_stream(s
         assert_counters_match(received, fresh.track.count, 40000)
         assert not events.of(SubscriberOffer)
         assert not events.of(ProducerStateChanged, active=False)
-        consumer = router(service).subscribers["bob"].consumers[0]
-        assert consumer.src_ssrc == router(service).producers[("alice", "video")].ssrc
+        await counts_become(service, producers=1, consumers=1)
     finally:
         await sub.close()
         await fresh.close()

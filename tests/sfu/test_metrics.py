@@ -1,26 +1,33 @@
 """The media plane's Prometheus metrics move with what really flows."""
 
+import asyncio
+
 from prometheus_client import CollectorRegistry, generate_latest
 
 from sfu.api import ProducerStateChanged
 from sfu.metrics import MediaCollector
 
-from .clients import Publisher, Subscriber, bounded, eventually
-from .helpers import MEETING, ref, subscribe
+from .clients import Publisher, Subscriber, bounded
+from .helpers import MEETING, media_stats, ref, subscribe
 
 
-def _scrape(stats) -> dict[str, float]:
+def _scrape(report) -> dict[str, float]:
+    """Samples by name, summed over the labels not given: {'name{kind="video"}': value}."""
     registry = CollectorRegistry()
-    registry.register(MediaCollector(stats))
-    out = {}
+    registry.register(MediaCollector(lambda: report))
+    out: dict[str, float] = {}
     for line in generate_latest(registry).decode().splitlines():
         if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            out[name] = float(value)
+            sample, value = line.rsplit(" ", 1)
+            name, _, labels = sample.partition("{")
+            kept = ",".join(x for x in labels.rstrip("}").split(",") if x and not x.startswith("worker="))
+            key = f"{name}{{{kept}}}" if kept else name
+            out[key] = out.get(key, 0.0) + float(value)
     return out
 
 
-async def test_forwarding_moves_media_metrics(service, events):
+async def test_forwarding_moves_media_metrics(media, events):
+    service = media
     pub = Publisher()
     sub = Subscriber()
     try:
@@ -28,10 +35,13 @@ async def test_forwarding_moves_media_metrics(service, events):
         await events.wait(ProducerStateChanged, user_id="alice", kind="video", active=True)
         (stream,) = await subscribe(service, sub, "bob", [ref("alice")])
         await sub.wait_frames(stream.mid, 20)
-        stats = service.stats
         # aiortc receivers send a report every 0.5-1.5 s with LSR once they saw a sender report
-        await eventually(lambda: stats.rtt_seconds.count >= 1 and stats.jitter_seconds.count >= 1, 8)
-        m = _scrape(stats)
+        for _ in range(80):
+            stats = await media_stats(service)
+            if stats.rtt_seconds.count >= 1 and stats.jitter_seconds.count >= 1:
+                break
+            await asyncio.sleep(0.1)
+        m = _scrape(await service.stats_report())
         assert m['meeting_sfu_producers{kind="video"}'] == 1
         assert m['meeting_sfu_consumers{kind="video"}'] == 1
         assert m['meeting_sfu_peer_connections{state="connected"}'] == 2

@@ -1,9 +1,10 @@
 """The receive PC: one m-line per stream, renegotiated in place, inactive m-lines reused."""
 
+from control_api.domain import media_status
 from sfu.api import StreamRef
 
 from .clients import Publisher, Subscriber, assert_counters_match, bounded
-from .helpers import MEETING, ref, router, subscribe
+from .helpers import MEETING, live_counts, ref, subscribe
 
 
 def transport_identity(sdp: str) -> set[str]:
@@ -75,7 +76,8 @@ async def test_streams_not_published_are_skipped(service, events):
         await alice.close()
 
 
-async def test_answer_without_offer_is_refused(service, events):
+async def test_answer_without_offer_is_refused(media, events):
+    service = media
     from sfu.api import MediaError
 
     alice = Publisher()
@@ -88,16 +90,16 @@ async def test_answer_without_offer_is_refused(service, events):
         try:
             await service.answer_subscriber(MEETING, "bob", answer)
         except MediaError as exc:
-            assert exc.status == 409
+            assert media_status(exc) == 409
         else:
             raise AssertionError("a second answer was accepted")
         try:
             await service.answer_subscriber(MEETING, "nobody", answer)
         except MediaError as exc:
-            assert exc.status == 409
+            assert media_status(exc) == 409
         else:
             raise AssertionError("an answer without an offer was accepted")
-        assert len(router(service).subscribers["bob"].consumers) == 1
+        assert (await live_counts(service))["consumers"] == 1
         await sub.close()
     finally:
         await alice.close()
