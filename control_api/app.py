@@ -159,6 +159,12 @@ def cors_middleware(origins: tuple[str, ...]) -> Callable:
     return cors
 
 
+class ReportBox:
+    """The last media stats report, refreshed by each /metrics scrape."""
+
+    report: StatsReport | None = None
+
+
 def default_media(config: Config) -> MediaService:
     """The media plane: `[media] workers` worker processes, started on first use (`serve`
     starts them before it listens)."""
@@ -183,7 +189,7 @@ async def _metrics(request: web.Request) -> web.Response:
             raise ApiError(401, "unauthorized", "a metrics token is required")
     media = request.app[MEDIA]
     try:
-        request.app[MEDIA_REPORT] = await asyncio.wait_for(media.stats_report(), 2.0)
+        request.app[MEDIA_REPORT].report = await asyncio.wait_for(media.stats_report(), 2.0)
     except (MediaError, TimeoutError):
         pass  # the last report serves
     registry = request.app[METRICS].registry
@@ -228,10 +234,10 @@ def create_app(config: Config, media: MediaService | None = None) -> web.Applica
     # and the collector sums them (the control plane's own loop lag included).
     control_stats = MediaStats()
     app[MEDIA_STATS] = control_stats
-    app[MEDIA_REPORT] = None
+    box = app[MEDIA_REPORT] = ReportBox()
 
     def media_report() -> StatsReport:
-        report = app[MEDIA_REPORT] or StatsReport(workers={})
+        report = box.report or StatsReport(workers={})
         extra = [report.retired] if report.retired else []
         return StatsReport(
             workers=report.workers,

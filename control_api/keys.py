@@ -7,9 +7,10 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 if TYPE_CHECKING:
-    from sfu.api import MediaService, StatsReport
+    from sfu.api import MediaService
     from sfu.metrics import MediaStats
 
+    from .app import ReportBox
     from .auth import TokenAuthority
     from .config import Config
     from .domain import MeetingService
@@ -25,6 +26,6 @@ MEDIA: web.AppKey["MediaService"] = web.AppKey("media")
 TOKENS: web.AppKey["TokenAuthority"] = web.AppKey("tokens")
 METRICS: web.AppKey["ControlMetrics"] = web.AppKey("metrics")
 MEDIA_STATS: web.AppKey["MediaStats"] = web.AppKey("media_stats")  # the control plane's own (loop lag)
-MEDIA_REPORT: web.AppKey["StatsReport | None"] = web.AppKey("media_report")  # last media stats
+MEDIA_REPORT: web.AppKey["ReportBox"] = web.AppKey("media_report")  # the last media stats
 WEBSOCKETS: web.AppKey[set] = web.AppKey("websockets")
 PRINCIPAL = "meeting_sfu.principal"

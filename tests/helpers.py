@@ -171,7 +171,7 @@ class ServerHandle:
         await self.runner.cleanup()
 
 
-async def start_server(tmp_path, media=None, **sections: dict[str, Any]) -> ServerHandle:
+async def start_server(tmp_path, media_service=None, **sections: dict[str, Any]) -> ServerHandle:
     """Start the app on 127.0.0.1:<ephemeral> with data in `tmp_path`; `sections` override
     config sections, e.g. `meetings={"expiry_check_seconds": 0.1}`."""
     overrides: dict[str, dict[str, Any]] = {
@@ -181,7 +181,7 @@ async def start_server(tmp_path, media=None, **sections: dict[str, Any]) -> Serv
     for name, values in sections.items():
         overrides.setdefault(name, {}).update(values)
     config = Config().with_overrides(overrides)
-    app = create_app(config, media=media)
+    app = create_app(config, media=media_service)
     runner = AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

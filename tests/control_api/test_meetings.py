@@ -417,13 +417,14 @@ async def test_join_body_is_validated(cast):
     assert await olga.join(mid) == (200, {"status": "ACCEPTED"})
 
 
-async def test_media_calls_answer_501_when_the_media_plane_is_unavailable(tmp_path):
-    """The app's own stand-in for a media plane that cannot be loaded: the control plane keeps
-    working, and each media call reaches it only after every control-plane check passed."""
-    from control_api.app import UnavailableMedia
+async def test_media_calls_answer_503_when_the_media_plane_is_down(tmp_path):
+    """A media plane that cannot serve (here: shut down): the control plane keeps working, and
+    each media call reaches it only after every control-plane check passed."""
+    from control_api.keys import MEDIA
     from tests.helpers import start_server
 
-    server = await start_server(tmp_path, media=UnavailableMedia())
+    server = await start_server(tmp_path)
+    await server.app[MEDIA].close()
     try:
         room = new_id()
         olga = await user(server, {room: "owner"})
@@ -434,14 +435,13 @@ async def test_media_calls_answer_501_when_the_media_plane_is_unavailable(tmp_pa
         await max_.join(mid)
         for method, tail, body in [
             ("PUT", "media", {"type": "video", "enabled": True, "sdp": "v=0"}),
-            ("PUT", "media/answer", {"sdp": "v=0"}),
             ("PUT", "media/subscribe", {"subscribe": [{"userId": olga.id, "type": "video"}], "unsubscribe": []}),
             ("PUT", "audio/offer", {"sdp": "v=0"}),
         ]:
             status, err = await max_.call(method, f"/meetings/{mid}/{tail}", body)
-            assert status == 501 and is_error(err), (tail, status, err)
+            assert status == 503 and is_error(err), (tail, status, err)
         status, err = await olga.call("POST", f"/meetings/{mid}/startRecording")
-        assert status == 501 and is_error(err)
+        assert status == 503 and is_error(err) and err["error"] == "media_unavailable"
         status, err = await max_.call("POST", f"/meetings/{mid}/startRecording")
         assert status == 403  # rights first
         status, body = await olga.call("GET", f"/meetings/{mid}")
