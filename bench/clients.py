@@ -615,7 +615,36 @@ class BenchClient:
                 self._hooked.add(id(dtls))
                 self._hook_receiver(dtls)
         await pc.setLocalDescription(await pc.createAnswer())
+        if not self.spec.decode:
+            self._count_before_decryption(pc)
         await self.call("PUT", self.meeting + "/media/answer", {"sdp": pc.localDescription.sdp})
+
+    def _count_before_decryption(self, pc: RTCPeerConnection) -> None:
+        """Light subscribers count SRTP packets by their header (sent in the clear) as they
+        arrive on the ICE socket, and drop them there: no SRTP decryption, no aiortc receive path,
+        so a light subscriber costs a fraction of what the server spends forwarding to it and the
+        load generator leaves the machine's cores to the server under test."""
+        counters = self.counters
+        for t in pc.getTransceivers():
+            connection = t.receiver.transport.transport._connection
+            for protocol in connection._protocols:
+                if id(protocol) in self._hooked:
+                    continue
+                self._hooked.add(id(protocol))
+                original = protocol.datagram_received
+
+                def datagram_received(data: bytes, addr: Any, original: Any = original) -> None:
+                    # RFC 7983: 128..191 is RTP or RTCP; RTCP packet types are 192..223.
+                    if len(data) >= 12 and 128 <= data[0] <= 191 and not 192 <= data[1] <= 223:
+                        c = counters.get(int.from_bytes(data[8:12], "big"))
+                        if c is None:
+                            self.other_packets += 1
+                        else:
+                            c.add((data[2] << 8) | data[3], len(data), bool(data[1] & 0x80), time.time())
+                        return
+                    original(data, addr)
+
+                protocol.datagram_received = datagram_received
 
     def _hook_receiver(self, dtls: Any) -> None:
         counters = self.counters

@@ -37,8 +37,13 @@ async def serve(port_file: str) -> None:
 
     configure_ice(IceSettings(addresses=("127.0.0.1",)))
     service = LocalMediaService()
-    service.set_listener(lambda event: None)
     meeting = "bench"
+
+    async def drain_events() -> None:
+        async for _ in service.events():
+            pass
+
+    events_task = asyncio.create_task(drain_events())  # noqa: F841 - runs as long as the server
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while line := await reader.readline():
@@ -56,15 +61,12 @@ async def serve(port_file: str) -> None:
                     streams = await service.answer_subscriber(meeting, req["user"], req["sdp"])
                     out = {"streams": [[s.user_id, s.kind, s.mid] for s in streams]}
                 elif op == "stats":
-                    router = service._routers.get(meeting)
-                    forwarded = retransmitted = 0
-                    if router is not None:
-                        for transport in router.subscribers.values():
-                            for consumer in transport.consumers:
-                                forwarded += consumer.packets
-                                retransmitted += consumer.retransmitted
-                    received = sum(p.packets for p in router.producers.values()) if router else 0
-                    out = {"forwarded": forwarded, "received": received, "retransmitted": retransmitted}
+                    stats = service.stats
+                    out = {
+                        "forwarded": stats.rtp_packets_out["video"],
+                        "received": stats.rtp_packets_in["video"],
+                        "retransmitted": stats.retransmissions,
+                    }
                 else:
                     out = {"error": f"unknown op {op}"}
             except Exception as exc:  # reported to the client, the bench server keeps going
