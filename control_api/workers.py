@@ -298,7 +298,9 @@ class WorkerPool:
 
     # --- requests ---------------------------------------------------------------------------
 
-    async def _request(self, worker: Worker, method: str, args: dict[str, Any], timeout: float = REQUEST_TIMEOUT) -> Any:
+    async def _request(
+        self, worker: Worker, method: str, args: dict[str, Any], timeout: float = REQUEST_TIMEOUT
+    ) -> Any:
         writer = worker.writer
         if writer is None or writer.is_closing() or worker.exited.is_set():
             raise MediaError(WORKER_LOST, "the media worker is not running")
@@ -415,7 +417,8 @@ class WorkerPool:
         await self._on_pinned(meeting_id, "start_recording", {"meeting_id": meeting_id, "work_path": work_path})
 
     async def stop_recording(self, meeting_id: str, final_path: str) -> RecordingResult | None:
-        result = await self._if_pinned(meeting_id, "stop_recording", {"meeting_id": meeting_id, "final_path": final_path})
+        args = {"meeting_id": meeting_id, "final_path": final_path}
+        result = await self._if_pinned(meeting_id, "stop_recording", args)
         return channel.recording_from_wire(result)
 
     async def stats_report(self) -> StatsReport:
