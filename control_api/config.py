@@ -26,6 +26,7 @@ class ServerSettings:
     port: int = 10000
     max_body_bytes: int = 1024 * 1024
     cors_origins: tuple[str, ...] = ()
+    header_timeout_seconds: float = 10.0
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from .auth import Principal
 from .errors import ApiError, bad_request, conflict, forbidden, not_found
 from .events import EventHub, iso, make_event, now_utc
 from .store import MeetingRow, Store
+from .validation import MAX_NAME_SUFFIX
 
 log = logging.getLogger("meeting_sfu.domain")
 
@@ -117,13 +119,18 @@ def media_errors() -> Iterator[None]:
 
 
 def unique_path(path: Path) -> Path:
-    """`path`, or `name-1.mkv`, `name-2.mkv`... when it is taken: nothing is overwritten."""
-    if not path.exists():
-        return path
-    for n in range(1, 100000):
-        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
-        if not candidate.exists():
-            return candidate
+    """Reserve `path`, or `name-1.mkv`, `name-2.mkv`... when it is taken: nothing is overwritten.
+
+    The name is taken by creating the file empty with O_EXCL, so two recordings finalised at
+    the same moment never get the same one; the merge then replaces the empty file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for n in range(MAX_NAME_SUFFIX + 1):
+        candidate = path if n == 0 else path.with_name(f"{path.stem}-{n}{path.suffix}")
+        try:
+            os.close(os.open(candidate, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        except FileExistsError:
+            continue
+        return candidate
     raise ApiError(409, "conflict", "too many recordings with that name")
 
 
@@ -134,6 +141,13 @@ def _recover_parts(work_path: Path, final: Path) -> RecordingResult | None:
     size = merge_parts(work_path, final)
     log.info("recording recovered path=%s bytes=%s", final, size)
     return RecordingResult(str(final), size) if size else None
+
+
+def release_path(path: Path) -> None:
+    """Give back a name reserved by `unique_path` that no recording filled."""
+    with contextlib.suppress(OSError):
+        if path.stat().st_size == 0:
+            path.unlink()
 
 
 class MeetingService:
@@ -179,6 +193,9 @@ class MeetingService:
                     log.info("recording recovered recording=%s path=%s", rec.id, path)
                 except Exception as exc:  # a broken part must not stop the server from starting
                     log.error("recording recovery failed recording=%s error=%s", rec.id, exc)
+                if not size:
+                    release_path(target)
+                    path = None
             self.store.finish_recording(rec.id, self._clock(), path, size)
 
     # --- helpers ---------------------------------------------------------------------------
@@ -833,7 +850,6 @@ class MeetingService:
     ) -> None:
         rec = live.recording
         assert rec is not None
-        target.parent.mkdir(parents=True, exist_ok=True)
         final = unique_path(target)
         try:
             if live.media_lost:  # nothing left in the media plane: what reached the disk is kept
@@ -846,6 +862,8 @@ class MeetingService:
         except Exception:  # a muxer bug must not leave the meeting stuck (nor stop a stop)
             log.exception("recording finalisation failed meeting=%s", meeting_id)
             result = None
+        if result is None:
+            release_path(final)
         live.recording = None
         self.store.finish_recording(
             rec.id,

@@ -189,7 +189,11 @@ async def events(request: web.Request) -> web.StreamResponse:
     def overflow() -> None:
         metrics.websocket_overflows.inc()
         log.warning("events socket too slow, closing queue=%s", queue_id)
-        asyncio.ensure_future(ws.close(code=1008, message=b"event queue overflow"))
+        hub.close(session)
+        # Leave at once: the close handshake with a client that does not read can take long.
+        asyncio.ensure_future(_domain(request).socket_closed(queue_id))
+        # Bounded: a client that reads nothing would hold the close (and the socket) for ever.
+        asyncio.ensure_future(asyncio.wait_for(ws.close(code=1008, message=b"event queue overflow"), 5))
 
     session.on_overflow = overflow
     session.push({"type": "websocketConnected", "queueId": queue_id})

@@ -141,10 +141,19 @@ class Body:
         return [Body(v, f"{self._where}{name}[{i}].") for i, v in enumerate(value)]
 
 
+# A recording's file name gets "-<n>" when taken (n up to MAX_NAME_SUFFIX) and ".mkv"; the
+# whole must fit in one file-system name (255 bytes on ext4, xfs, btrfs, tmpfs).
+MAX_NAME_SUFFIX = 99999
+MAX_COMPONENT_BYTES = 255 - len(f"-{MAX_NAME_SUFFIX}.mkv")
+
+
 def safe_path_component(value: str, name: str) -> str:
-    """1..128 characters, no / or \\, not . or .., no control characters (DESIGN section 7)."""
+    """1..128 characters, no / or \\, not . or .., no control characters (DESIGN section 7),
+    and short enough in UTF-8 for the file system once a suffix and ".mkv" are added."""
     if not 1 <= len(value) <= 128:
         raise bad_request(f"{name} must have 1 to 128 characters", "invalid_field")
+    if len(value.encode("utf-8", "surrogatepass")) > MAX_COMPONENT_BYTES:
+        raise bad_request(f"{name} must be at most {MAX_COMPONENT_BYTES} bytes in UTF-8", "invalid_field")
     if value in (".", "..") or "/" in value or "\\" in value:
         raise bad_request(f"{name} must not be a path", "invalid_field")
     if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in value):

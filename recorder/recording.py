@@ -13,6 +13,7 @@ import heapq
 import json
 import logging
 import os
+import tempfile
 import time
 from collections.abc import Callable
 from fractions import Fraction
@@ -281,7 +282,21 @@ def merge_parts(work_dir: Path, final_path: Path) -> int:
 
 def _merge(sources: list, final_path: Path) -> int:
     final_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final_path.with_name(final_path.name + ".partial")
+    # A temporary file of its own (two merges into one folder never share one), in the final
+    # folder so that the rename below is atomic.
+    fd, tmp_name = tempfile.mkstemp(prefix=".merge-", suffix=".mkv.partial", dir=final_path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        _write(sources, tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, final_path)
+    return final_path.stat().st_size
+
+
+def _write(sources: list, tmp: Path) -> None:
     out = av.open(str(tmp), "w", format="matroska")
     streams = []
     try:
@@ -301,5 +316,3 @@ def _merge(sources: list, final_path: Path) -> int:
         _interleave(streams, out)
     finally:
         out.close()
-    os.replace(tmp, final_path)
-    return final_path.stat().st_size

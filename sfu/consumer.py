@@ -27,6 +27,13 @@ HISTORY_SIZE = 512  # packets kept per consumer for retransmission (power of two
 _HISTORY_MASK = HISTORY_SIZE - 1
 MAX_NACKED_PER_PACKET = 64  # sequence numbers answered per NACK message
 KEYFRAME_RETRY_SECONDS = 1.0  # ask again while a consumer still waits for a keyframe
+# Retransmissions are paid from a token bucket filled by the stream itself: each packet
+# forwarded earns RTX_SHARE of a retransmission, plus RTX_FLOOR per second for slow streams,
+# up to RTX_BURST saved. Honest loss recovery (a few percent, or a lost burst) never runs dry;
+# a subscriber NACKing everything gets at most about half its stream again, not 64 copies.
+RTX_SHARE = 0.5
+RTX_FLOOR = 10.0  # per second
+RTX_BURST = 256.0
 
 
 class StreamState:
@@ -110,6 +117,10 @@ class Consumer:
         "octets",
         "retransmitted",
         "dropped",
+        "rtx_refused",
+        "rtx_tokens",
+        "rtx_filled_at",
+        "rtx_filled_packets",
     )
 
     def __init__(
@@ -152,6 +163,10 @@ class Consumer:
         self.octets = state.octets
         self.retransmitted = 0
         self.dropped = 0
+        self.rtx_refused = 0  # packets asked for again but refused by the retransmission budget
+        self.rtx_tokens = RTX_BURST
+        self.rtx_filled_at = time.monotonic()
+        self.rtx_filled_packets = self.packets
 
     # --- control (cold path) ----------------------------------------------------------------
 
@@ -261,11 +276,20 @@ class Consumer:
         """Answer a NACK from the history (RTX-wrapped when negotiated); returns packets sent."""
         if not self.bound or self.closed:
             return 0
+        now = time.monotonic()
+        earned = (self.packets - self.rtx_filled_packets) * RTX_SHARE + (now - self.rtx_filled_at) * RTX_FLOOR
+        self.rtx_tokens = min(RTX_BURST, self.rtx_tokens + earned)
+        self.rtx_filled_at = now
+        self.rtx_filled_packets = self.packets
         sent = 0
         for seq in lost[:MAX_NACKED_PER_PACKET]:
             packet = self.history[seq & _HISTORY_MASK]
             if packet is None or U16.unpack_from(packet, 2)[0] != seq:
                 continue
+            if self.rtx_tokens < 1.0:
+                self.rtx_refused += 1
+                continue
+            self.rtx_tokens -= 1.0
             if self.rtx_pt is not None:
                 packet = wrap_rtx(packet, self.rtx_pt, self.rtx_seq, self.rtx_ssrc)
                 self.rtx_seq = (self.rtx_seq + 1) & 0xFFFF

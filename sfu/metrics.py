@@ -66,6 +66,7 @@ class MediaStats:
         self.packets_lost = _per_kind()  # seen as sequence gaps on publishers' streams
         self.nacks_received = 0  # NACK feedback from subscribers (packets asked for)
         self.retransmissions = 0  # packets resent from consumer histories
+        self.retransmissions_refused = 0  # asked for again beyond a consumer's budget
         self.plis_received = 0
         self.firs_received = 0
         self.keyframe_requests_sent = 0  # PLIs sent to publishers (after throttling)
@@ -190,6 +191,11 @@ class MediaCollector(Collector):
         for name, doc, value in (
             ("meeting_sfu_nacks_received", "Packets asked for again by subscribers (NACK)", s.nacks_received),
             ("meeting_sfu_retransmissions", "Packets resent to subscribers from history", s.retransmissions),
+            (
+                "meeting_sfu_retransmissions_refused",
+                "NACKed packets not resent: over the consumer's retransmission budget",
+                s.retransmissions_refused,
+            ),
             ("meeting_sfu_plis_received", "Picture loss indications from subscribers", s.plis_received),
             ("meeting_sfu_firs_received", "Full intra requests from subscribers", s.firs_received),
             (

@@ -335,7 +335,9 @@ class SubscriberTransport:
         if isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
             self.stats.nacks_received += len(packet.lost)
             if consumer is not None:
+                refused = consumer.rtx_refused
                 self.stats.retransmissions += consumer.retransmit(packet.lost)
+                self.stats.retransmissions_refused += consumer.rtx_refused - refused
             return True
         if isinstance(packet, RtcpPsfbPacket):
             if packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):

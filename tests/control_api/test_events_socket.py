@@ -4,10 +4,15 @@ and clashes of a participant joining from a second socket (section 5)."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
+import os
+import socket
 import uuid
 
 import aiohttp
 
+from control_api.keys import HUB, WEBSOCKETS
 from tests.helpers import new_id
 
 from .support import create_meeting, meeting_types, of, started_meeting, user
@@ -171,3 +176,93 @@ async def test_events_are_typed_dated_and_carry_no_nulls(server):
     for e in events:
         assert isinstance(e["sentDate"], str) and e["meetingId"] == meeting["id"]
         assert None not in e.values()
+
+
+
+async def _sessions_gauge(server) -> float:
+    async with server.http.get(server.url + "/metrics") as r:
+        text = await r.text()
+    (line,) = [x for x in text.splitlines() if x.startswith("meeting_sfu_websocket_sessions ")]
+    return float(line.split()[1])
+
+
+class _DeafSocket:
+    """A raw /events websocket with a tiny receive buffer that sends pings and never reads the
+    pongs: the server's writes to it soon block, then its event queue fills."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+        self.sock.setblocking(False)
+
+    async def open(self, url: str, token: str) -> str:
+        loop = asyncio.get_running_loop()
+        host, port = url.removeprefix("http://").split(":")
+        await loop.sock_connect(self.sock, (host, int(port)))
+        key = base64.b64encode(os.urandom(16)).decode()
+        request = (
+            f"GET /events HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer {token}\r\n\r\n"
+        )
+        await loop.sock_sendall(self.sock, request.encode())
+        data = b""
+        while b"queueId" not in data or not data.endswith(b"}"):
+            data += await asyncio.wait_for(loop.sock_recv(self.sock, 4096), 5)
+        return json.loads(data[data.index(b"{") :])["queueId"]
+
+    async def ping(self, n: int) -> None:
+        payload = b'{"type":"ping"}'
+        mask = os.urandom(4)
+        frame = bytes([0x81, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        await asyncio.get_running_loop().sock_sendall(self.sock, frame * n)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+async def test_socket_cut_for_overflowing_stops_counting_and_leaves_at_once(server):
+    """A client that never reads: once its queue overflows it is cut, and from then on it is no
+    longer a session (gauge, leave effects), although its close handshake cannot complete."""
+    room, others = new_id(), [new_id() for _ in range(40)]
+    olga = await user(server, {r: "owner" for r in (room, *others)})
+    max_ = await user(server, {r: "member" for r in (room, *others)}, connect=False)
+    meeting = await started_meeting(olga, room)
+    await olga.join(meeting["id"])
+    deaf = _DeafSocket()
+    try:
+        queue_id = await deaf.open(server.url, max_.token)
+        status, _ = await max_.call(
+            "POST",
+            f"/meetings/{meeting['id']}/join",
+            {"audioStreamEnabled": False, "videoStreamEnabled": False},
+            headers={"queue-id": queue_id},
+        )
+        assert status == 200
+        assert await _sessions_gauge(server) == 2
+        # A congested path: the server's kernel buffer for this socket is small too (instead of
+        # growing to megabytes on loopback), so its writes block soon, as over a stalled network.
+        for ws in server.app[WEBSOCKETS]:
+            sock = ws._req.transport.get_extra_info("socket")
+            if sock.getpeername() == deaf.sock.getsockname():
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        # Pings, paced, until the server's writes to it block and its queue is nearly full...
+        session = server.app[HUB].session(queue_id)
+        for _ in range(2000):
+            queued = session.outbox.qsize()
+            await asyncio.wait_for(deaf.ping(50 if queued < 500 else 10 if queued < 950 else 1), 5)
+            await asyncio.sleep(0.005)
+            if session.outbox.qsize() >= 1000:
+                break
+        assert 1000 <= session.outbox.qsize() < 1024 and not session.closed
+        # ...then the client goes silent, and room events from someone else overflow its queue.
+        for other in others:
+            await create_meeting(olga, other)
+            if session.closed:
+                break
+        left = await olga.ws.wait("MEETING_PARTICIPANT_LEFT", lambda e: e["userId"] == max_.id, timeout=2)
+        assert left["meetingId"] == meeting["id"]
+        assert await _sessions_gauge(server) == 1
+        status, body = await olga.call("GET", f"/meetings/{meeting['id']}")
+        assert [p["userId"] for p in body["participants"]] == [olga.id]
+    finally:
+        deaf.close()

@@ -101,7 +101,9 @@ async def test_subscriber_packet_loss_is_repaired_by_nack(media, events):
         streams = await subscribe(service, sub, "bob", [ref("alice")])
         received = await sub.wait_frames(streams[0].mid, 45, timeout=15)
         assert sub.dropped > 0
-        assert (await media_stats(service)).retransmissions > 0
+        stats = await media_stats(service)
+        assert stats.retransmissions > 0
+        assert stats.retransmissions_refused == 0  # honest loss recovery is within the budget
         assert_counters_match(received, pub.track.count)
     finally:
         await sub.close()
@@ -168,6 +170,56 @@ async def test_rtcp_sender_reports_to_subscribers_and_receiver_reports_to_publis
         await bounded(wait_reports(), 5)
         sr = (await reported(receiver, "remote-outbound-rtp"))[0]
         assert 0 < sr.packetsSent <= (await media_stats(service)).rtp_packets_out["video"]
+    finally:
+        await sub.close()
+        await pub.close()
+
+
+async def test_nack_flood_from_a_subscriber_is_answered_within_a_budget(service, events):
+    """A subscriber NACKing its 64 latest packets 500 times a second gets no more than about
+    half its stream again (the refused rest is counted), and its stream goes on."""
+    from sfu.consumer import RTX_BURST, RTX_FLOOR, RTX_SHARE
+
+    latest = {"seq": -1, "ssrc": 0}
+
+    def watch(data: bytes) -> bool:
+        if data[1] & 0x7F == 97:  # the media payload type (not RTX)
+            latest["seq"] = int.from_bytes(data[2:4], "big")
+            latest["ssrc"] = int.from_bytes(data[8:12], "big")
+        return False
+
+    pub = Publisher()
+    sub = Subscriber(decode=False, drop=watch)
+    try:
+        await bounded(pub.publish(service, MEETING, "alice"))
+        await subscribe(service, sub, "bob", [ref("alice")])
+        await eventually(lambda: sub.rtp_packets > 60)
+        consumer = router(service).subscribers["bob"].consumers[0]
+        receiver = sub.pc.getTransceivers()[0].receiver
+        sent0, rtx0, frames0 = consumer.packets, consumer.retransmitted, pub.track.count
+        nacks = 0
+        start = asyncio.get_running_loop().time()
+        while asyncio.get_running_loop().time() - start < 2.0:
+            lost = sorted((latest["seq"] - i) & 0xFFFF for i in range(64))
+            for _ in range(10):
+                await receiver._send_rtcp_nack(latest["ssrc"], lost)
+                nacks += 1
+            await asyncio.sleep(0.02)
+        elapsed = asyncio.get_running_loop().time() - start
+        await asyncio.sleep(0.2)
+        forwarded = consumer.packets - sent0
+        resent = consumer.retransmitted - rtx0
+        refused = getattr(consumer, "rtx_refused", 0)
+        print(
+            f"NACK flood: {nacks / elapsed:.0f} NACKs/s x 64 -> {resent / elapsed:.0f} retransmissions/s, "
+            f"{refused / elapsed:.0f} refused/s; stream {forwarded / elapsed:.0f} packets/s"
+        )
+        assert nacks / elapsed > 200
+        assert 0 < resent <= RTX_SHARE * forwarded + RTX_FLOOR * elapsed + RTX_BURST + 64
+        assert refused > 10 * resent
+        assert service.stats.retransmissions_refused == refused
+        # The stream itself goes on: at least a packet for each frame published meanwhile.
+        assert forwarded >= 0.8 * (pub.track.count - frames0)
     finally:
         await sub.close()
         await pub.close()
