@@ -29,6 +29,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 import uuid
 from dataclasses import asdict
@@ -846,18 +847,37 @@ def table(runs: list[dict[str, Any]], ratio_rows: list[dict[str, Any]]) -> str:
 # --- command line -----------------------------------------------------------------------------
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The description as written, and each option's default (when it has one to show)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+EPILOG = """\
+environment:
+  The server the bench starts gets its settings as MEETING_SFU_* variables (a free
+  port on 127.0.0.1, a temporary data directory, a generated JWT secret, ICE on
+  127.0.0.1, log level warning); the caller's other MEETING_SFU_* variables reach
+  it too. See bench/README.md for every measured field."""
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="meeting-sfu bench",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=textwrap.fill(__doc__.split("\n\n")[0].replace("\n", " "), 78),
+        epilog=EPILOG,
+        formatter_class=_HelpFormatter,
     )
-    p.add_argument("--meetings", "-m", type=int, default=1)
-    p.add_argument("--publishers", "-p", type=int, default=1, help="per meeting")
-    p.add_argument("--subscribers", "-s", type=int, default=5, help="per meeting")
-    p.add_argument("--sweep", help="comma-separated subscriber counts (replaces --subscribers)")
+    p.add_argument("--meetings", "-m", type=int, default=1, help="meetings at once")
+    p.add_argument("--publishers", "-p", type=int, default=1, help="publishers per meeting")
+    p.add_argument("--subscribers", "-s", type=int, default=5, help="subscribers per meeting")
+    p.add_argument("--sweep", help="comma-separated subscriber counts, one run each (replaces --subscribers)")
     p.add_argument("--duration", "-d", type=float, default=10.0, help="measuring window, s")
-    p.add_argument("--warmup", type=float, default=3.0, help="s between setup and window")
+    p.add_argument("--warmup", type=float, default=3.0, help="s between set-up and window")
     p.add_argument(
         "--decoders",
         type=int,
@@ -873,13 +893,13 @@ def parser() -> argparse.ArgumentParser:
         "--processes",
         type=int,
         default=0,
-        help="client processes (default: 1 up to 12 clients, else 2)",
+        help="client processes (0: 1 up to 12 clients, else 2)",
     )
     p.add_argument("--concurrency", type=int, default=8, help="client set-ups at once per process")
     p.add_argument("--bitrate", type=int, default=1_200_000, help="VP8 start bitrate, bit/s")
-    p.add_argument("--width", type=int, default=640)
-    p.add_argument("--height", type=int, default=480)
-    p.add_argument("--fps", type=int, default=30)
+    p.add_argument("--width", type=int, default=640, help="video width, pixels")
+    p.add_argument("--height", type=int, default=480, help="video height, pixels")
+    p.add_argument("--fps", type=int, default=30, help="video frames per second")
     p.add_argument("--setup-timeout", type=float, default=20.0, help="per client, s")
     p.add_argument(
         "--baseline",
@@ -887,14 +907,14 @@ def parser() -> argparse.ArgumentParser:
         help="also measure the naive MediaRelay server at each size",
     )
     p.add_argument("--baseline-only", action="store_true", help="measure only the baseline")
-    p.add_argument("--url", help="a running server (else `meeting-sfu serve` is started)")
+    p.add_argument("--url", help="a running server (default: meeting-sfu serve is started)")
     p.add_argument("--token-secret", help="the running server's JWT secret (with --url)")
     p.add_argument("--server-pid", type=int, help="the running server's PID, for CPU and RSS")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON")
     p.add_argument(
         "--readme", metavar="FILE", help="write the results table into FILE (e.g. README.md)"
     )
-    p.add_argument("--quiet", action="store_true", help="no progress line")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
     return p
 
 
