@@ -72,6 +72,7 @@ def plot(paths: list[str], out: str) -> list[Path]:
         title: str,
         ybottom: bool = True,
         legend: str = "upper left",
+        ytop: float | None = None,
     ) -> None:
         xaxis(ax)
         ax.set_ylabel(ylabel)
@@ -83,6 +84,8 @@ def plot(paths: list[str], out: str) -> list[Path]:
             ax.legend(fontsize=8, loc=legend)
         if ybottom:
             ax.set_ylim(bottom=0)
+        if ytop is not None:
+            ax.set_ylim(top=ytop)
         fig.tight_layout()
         path = Path(f"{out}-{name}.png")
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -139,8 +142,10 @@ def plot(paths: list[str], out: str) -> list[Path]:
         ybottom=False,
     )
 
-    # Frame rate received per subscriber stream.
+    # Frame rate received per subscriber stream. The top is set above the highest rate: lines
+    # at the full frame rate would otherwise sit on the plot's border, out of sight.
     fig, ax = plt.subplots(figsize=(10, 4.2))
+    rates = [r[k] for rs in groups.values() for r in rs for k in ("fps_mean", "fps_min") if r[k] is not None]
     for key, rs in groups.items():
         xs = [r["subscribers"] for r in rs]
         color = COLORS.get(key[0])
@@ -154,6 +159,7 @@ def plot(paths: list[str], out: str) -> list[Path]:
         "fps",
         "Frame rate at subscribers",
         legend="lower left",
+        ytop=max(rates, default=30.0) * 1.15,
     )
     return written
 

@@ -37,15 +37,22 @@ def canonical_uuid(value: object) -> str | None:
         return None
 
 
+def read_secret_file(data_dir: Path) -> str | None:
+    """The secret kept in <data_dir>/jwt_secret, if there is one."""
+    try:
+        return (data_dir / "jwt_secret").read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
 def load_or_create_secret(configured: str, data_dir: Path) -> str:
     """The configured secret, else the one kept in <data_dir>/jwt_secret (created 0600)."""
     if configured:
         return configured
+    secret = read_secret_file(data_dir)
+    if secret:
+        return secret
     path = data_dir / "jwt_secret"
-    if path.exists():
-        secret = path.read_text().strip()
-        if secret:
-            return secret
     data_dir.mkdir(parents=True, exist_ok=True)
     secret = secrets.token_urlsafe(48)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

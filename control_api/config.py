@@ -5,26 +5,69 @@ Every key is documented in config.example.toml; what is not set keeps its defaul
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, get_args, get_origin, get_type_hints
 
 from sfu.audio.settings import AudioSettings
 from sfu.settings import MediaPlaneSettings
 
 
 class ConfigError(ValueError):
-    """A setting has the wrong type or an unknown name."""
+    """A setting has the wrong type, a value outside its range, or an unknown name."""
+
+
+class Between:
+    """The inclusive range of an int or float setting: `Annotated[int, Between(1, 65535)]`."""
+
+    __slots__ = ("low", "high")
+
+    def __init__(self, low: float, high: float = math.inf) -> None:
+        self.low, self.high = low, high
+
+    def allows(self, value: Any) -> bool:
+        return self.low <= value <= self.high
+
+    def __str__(self) -> str:
+        return f"at least {self.low}" if self.high == math.inf else f"from {self.low} to {self.high}"
+
+
+class OneOf:
+    """The values a string setting may take: `Annotated[str, OneOf("a", "b")]`."""
+
+    __slots__ = ("choices",)
+
+    def __init__(self, *choices: str) -> None:
+        self.choices = choices
+
+    def allows(self, value: Any) -> bool:
+        return value in self.choices
+
+    def __str__(self) -> str:
+        return "one of " + ", ".join(self.choices)
+
+
+class FileRelative:
+    """A path setting: written relative in a configuration file, it is relative to that file."""
+
+    __slots__ = ()
+
+
+PATH = FileRelative()
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 @dataclass(frozen=True)
 class ServerSettings:
     host: str = "127.0.0.1"
-    port: int = 10000
-    max_body_bytes: int = 1024 * 1024
+    port: Annotated[int, Between(1, 65535)] = 10000
+    max_body_bytes: Annotated[int, Between(1)] = 1024 * 1024
     cors_origins: tuple[str, ...] = ()
     header_timeout_seconds: float = 10.0
 
@@ -32,18 +75,18 @@ class ServerSettings:
 @dataclass(frozen=True)
 class AuthSettings:
     jwt_secret: str = ""
-    leeway_seconds: int = 30
-    default_ttl_seconds: int = 3600
+    leeway_seconds: Annotated[int, Between(0)] = 30
+    default_ttl_seconds: Annotated[int, Between(1)] = 3600
 
 
 @dataclass(frozen=True)
 class StorageSettings:
-    data_dir: str = "data"
+    data_dir: Annotated[str, PATH] = "data"
 
 
 @dataclass(frozen=True)
 class RecordingSettings:
-    dir: str = ""  # empty: <data_dir>/recordings
+    dir: Annotated[str, PATH] = ""  # empty: <data_dir>/recordings
 
 
 _AUDIO = AudioSettings()  # the talking defaults have one source: the audio bridge's settings
@@ -86,8 +129,8 @@ class MediaSettings:
 
 @dataclass(frozen=True)
 class MeetingSettings:
-    expiry_check_seconds: float = 5.0
-    max_events_queue: int = 1024
+    expiry_check_seconds: Annotated[float, Between(0.05)] = 5.0
+    max_events_queue: Annotated[int, Between(1)] = 1024
 
 
 @dataclass(frozen=True)
@@ -98,8 +141,8 @@ class MetricsSettings:
 
 @dataclass(frozen=True)
 class LoggingSettings:
-    level: str = "info"
-    format: str = "keyvalue"  # or "json"
+    level: Annotated[str, OneOf(*LOG_LEVELS)] = "info"
+    format: Annotated[str, OneOf("keyvalue", "json")] = "keyvalue"
 
 
 @dataclass(frozen=True)
@@ -125,86 +168,145 @@ class Config:
         return Path(self.storage.data_dir)
 
     @property
+    def database_path(self) -> Path:
+        return self.data_path / "meeting-sfu.sqlite3"
+
+    @property
     def recording_path(self) -> Path:
         return Path(self.recording.dir) if self.recording.dir else self.data_path / "recordings"
 
-    def with_overrides(self, overrides: Mapping[str, Mapping[str, Any]]) -> "Config":
-        """A copy with `{section: {key: value}}` applied (values converted like the file's)."""
+    def with_overrides(
+        self, overrides: Mapping[str, Mapping[str, Any]], *, file: Path | None = None
+    ) -> "Config":
+        """A copy with `{section: {key: value}}` applied, each value checked like the file's.
+
+        `file`: the configuration file the values come from (named in errors; relative paths
+        are relative to it)."""
         sections = {}
         for section, values in overrides.items():
-            current = _section(self, section)
-            sections[section] = replace(
-                current, **{k: _convert(current, section, k, v) for k, v in values.items()}
-            )
+            current = _section(self, section, file)
+            changes = {}
+            for key, value in values.items():
+                where = f"[{section}] {key}" + (f" (in {file})" if file else "")
+                changes[key] = _convert(_kinds(type(current)).get(key), where, value, file)
+            sections[section] = replace(current, **changes)
         return replace(self, **sections)
 
 
-def _section(config: Config, name: str) -> Any:
+def _section(config: Config, name: str, file: Path | None) -> Any:
     if name not in {f.name for f in fields(Config)}:
-        raise ConfigError(f"unknown section [{name}]")
+        known = ", ".join(f"[{f.name}]" for f in fields(Config))
+        raise ConfigError(f"unknown section [{name}]" + (f" in {file}" if file else "") + f"; known: {known}")
     return getattr(config, name)
 
 
-def _convert(section_obj: Any, section: str, key: str, value: Any) -> Any:
-    kinds = {f.name: f.type for f in fields(section_obj)}
-    if key not in kinds:
-        raise ConfigError(f"unknown setting [{section}] {key}")
-    kind = str(kinds[key])
+@cache
+def _kinds(section_cls: type) -> dict[str, Any]:
+    """Each key's annotation: a type, or `Annotated[type, constraint...]`."""
+    return get_type_hints(section_cls, include_extras=True)
+
+
+def _convert(kind: Any, where: str, value: Any, file: Path | None = None) -> Any:
+    """The value of one setting, from TOML (typed) or from the environment (a string)."""
+    if kind is None:
+        raise ConfigError(f"unknown setting {where}")
+    base, marks = kind, ()
+    if get_origin(kind) is Annotated:
+        base, *marks = get_args(kind)
     try:
-        if kind.startswith("tuple"):
-            if isinstance(value, str):
-                value = [v.strip() for v in value.split(",") if v.strip()]
-            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-                raise TypeError
-            return tuple(value)
-        if kind == "bool":
-            if isinstance(value, str):
-                if value.lower() in ("1", "true", "yes", "on"):
-                    return True
-                if value.lower() in ("0", "false", "no", "off"):
-                    return False
-                raise TypeError
-            if not isinstance(value, bool):
-                raise TypeError
-            return value
-        if kind == "int":
-            if isinstance(value, bool):
-                raise TypeError
-            return int(value)
-        if kind == "float":
-            if isinstance(value, bool):
-                raise TypeError
-            return float(value)
-        if not isinstance(value, str):
+        result = _typed(base, value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: expected {_describe(base, marks)}, got {value!r}") from None
+    for mark in marks:
+        if isinstance(mark, (Between, OneOf)) and not mark.allows(result):
+            raise ConfigError(f"{where}: expected {_describe(base, marks)}, got {value!r}")
+        if isinstance(mark, FileRelative) and file is not None and result and not Path(result).is_absolute():
+            result = str(file.parent / result)
+    return result
+
+
+def _typed(base: Any, value: Any) -> Any:
+    if get_origin(base) is tuple:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise TypeError
+        return tuple(value)
+    if base is bool:
+        if isinstance(value, str):
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise TypeError
+        if not isinstance(value, bool):
             raise TypeError
         return value
-    except (TypeError, ValueError):
-        raise ConfigError(f"[{section}] {key}: expected {kind}, got {value!r}") from None
+    if base in (int, float):
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise TypeError
+        if base is int and isinstance(value, float):
+            raise TypeError
+        return base(value)
+    if not isinstance(value, str):
+        raise TypeError
+    return value
 
 
-def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
-    """Defaults, then the TOML file (if given), then environment variables."""
+def _describe(base: Any, marks: tuple) -> str:
+    choices = [str(m) for m in marks if isinstance(m, OneOf)]
+    if choices:
+        return choices[0]
+    if get_origin(base) is tuple:
+        text = "a list of strings (comma-separated in a variable)"
+    else:
+        text = {bool: "true or false", int: "an integer", float: "a number"}.get(base, "a string")
+    return " ".join([text, *(str(m) for m in marks if isinstance(m, Between))])
+
+
+ENV_PREFIX = "MEETING_SFU_"
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    *,
+    warn: Callable[[str], None] | None = None,
+) -> Config:
+    """Defaults, then the TOML file (if given), then MEETING_SFU_<SECTION>_<KEY> variables.
+
+    A variable with the prefix that names no setting is not an error (Kubernetes injects
+    MEETING_SFU_SERVICE_HOST and friends for a Service named meeting-sfu): `warn` gets one line
+    naming them (default: a warning logged)."""
     config = Config()
     if path is not None:
+        file = Path(path).absolute()
         try:
-            with open(path, "rb") as fh:
+            with open(file, "rb") as fh:
                 data = tomllib.load(fh)
         except OSError as exc:
-            raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+            raise ConfigError(f"cannot read config file {file}: {exc.strerror or exc}") from None
         except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+            raise ConfigError(f"config file {file} is not valid TOML: {exc}") from None
         for section, values in data.items():
             if not isinstance(values, dict):
-                raise ConfigError(f"{section} must be a [section]")
-            config = config.with_overrides({section: values})
+                raise ConfigError(f"{section} must be a [section] (in {file})")
+            config = config.with_overrides({section: values}, file=file)
     env = os.environ if env is None else env
-    prefix = "MEETING_SFU_"
-    for name, value in env.items():
-        if not name.startswith(prefix):
+    unknown = []
+    for name, value in sorted(env.items()):
+        if not name.startswith(ENV_PREFIX):
             continue
-        rest = name[len(prefix):].lower()
-        section, _, key = rest.partition("_")
-        if not key:
+        section, _, key = name[len(ENV_PREFIX):].lower().partition("_")
+        owner = getattr(config, section, None) if section in {f.name for f in fields(Config)} else None
+        kind = _kinds(type(owner)).get(key) if owner is not None else None
+        if kind is None:
+            unknown.append(name)
             continue
-        config = config.with_overrides({section: {key: value}})
+        config = replace(config, **{section: replace(owner, **{key: _convert(kind, name, value)})})
+    if unknown:
+        (warn or logging.getLogger("meeting_sfu.config").warning)(
+            f"ignoring environment variables that name no setting: {', '.join(unknown)}"
+            f" (settings are {ENV_PREFIX}<SECTION>_<KEY>, e.g. {ENV_PREFIX}SERVER_PORT)"
+        )
     return config

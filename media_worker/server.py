@@ -153,7 +153,7 @@ class WorkerServer:
 
 def _setup_logging(level: str, fmt: str) -> None:
     try:
-        from control_api.cli import setup_logging
+        from control_api.logs import setup_logging
 
         setup_logging(level, fmt)
     except Exception:  # a bad level was refused by the control plane already; stay quiet

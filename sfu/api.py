@@ -155,6 +155,10 @@ class MediaService(Protocol):
     """What the control plane may ask of the media plane. All calls are idempotent where
     the wording allows ("close", "remove"); ids are strings (UUIDs)."""
 
+    async def start(self) -> None:
+        """Be ready to serve (start worker processes); RuntimeError when that fails. Media calls
+        made before it start the service themselves."""
+
     def events(self) -> AsyncIterator[MediaEvent]:
         """The media plane's events, in the order they happened (one reader)."""
 

@@ -73,6 +73,9 @@ class LocalMediaService:
         self.stats = MediaStats()
         self.closed = False
 
+    async def start(self) -> None:
+        """Nothing to start: the routers live in this process."""
+
     # --- events -----------------------------------------------------------------------------
 
     def _queue(self) -> asyncio.Queue[MediaEvent]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import av
 import numpy as np
 
+from bench.aggregate import pct
 from bench.clients import StreamCounter, draw_stamp, read_stamp, rtp_payload, sdp_sections
-from bench.load import pct
 
 
 def test_luma_stamp_round_trip_through_vp8():

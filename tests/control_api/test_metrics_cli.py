@@ -167,10 +167,10 @@ async def test_cli_token_with_generated_secret_is_accepted(tmp_path, capsys, mon
     monkeypatch.setenv("MEETING_SFU_STORAGE_DATA_DIR", str(data))
     monkeypatch.delenv("MEETING_SFU_AUTH_JWT_SECRET", raising=False)
     uid, room = new_id(), new_id()
-    token = _cli_token(capsys, ["token", "--user", uid, "--room", f"{room}:member", "--ttl", "60"])
+    server = await start_server(tmp_path, auth={"jwt_secret": ""})  # generates and keeps it
     assert (data / "jwt_secret").exists()
-    server = await start_server(tmp_path, auth={"jwt_secret": ""})
     try:
+        token = _cli_token(capsys, ["token", "--user", uid, "--room", f"{room}:member", "--ttl", "60"])
         assert await server.call("GET", "/meetings", token) == (200, [])
         # a second token from the same (kept) secret works too
         again = _cli_token(capsys, ["token", "--user", new_id()])
@@ -220,9 +220,8 @@ def test_env_overrides_file_and_defaults(tmp_path):
     defaults = load_config(env={})
     assert (defaults.server.host, defaults.server.port) == ("127.0.0.1", 10000)
     assert defaults.server.max_body_bytes == 1024 * 1024 and defaults.server.cors_origins == ()
-    for env in ({"MEETING_SFU_SERVER_PORT": "http"}, {"MEETING_SFU_SERVER_NOPE": "1"}):
-        with pytest.raises(ConfigError):
-            load_config(env=env)
+    with pytest.raises(ConfigError):
+        load_config(env={"MEETING_SFU_SERVER_PORT": "http"})
 
 
 def _free_port() -> int:

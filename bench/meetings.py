@@ -1,0 +1,80 @@
+"""Meetings for a run, made through the real HTTP API, and the client specs that join them."""
+
+from __future__ import annotations
+
+import argparse
+import uuid
+from typing import Any
+
+import aiohttp
+
+from .clients import ClientSpec
+
+
+async def create_meetings(
+    base_url: str,
+    authority: Any,
+    meetings: int,
+    publishers: int,
+    subscribers: int,
+    options: argparse.Namespace,
+) -> list[ClientSpec]:
+    specs: list[ClientSpec] = []
+    async with aiohttp.ClientSession() as http:
+        for m in range(meetings):
+            room = str(uuid.uuid4())
+            pubs = [str(uuid.uuid4()) for _ in range(publishers)]
+            subs = [str(uuid.uuid4()) for _ in range(subscribers)]
+            owner = authority(pubs[0], {room: "owner"})
+            headers = {"Authorization": f"Bearer {owner}"}
+            async with http.post(
+                f"{base_url}/meetings",
+                headers=headers,
+                json={
+                    "name": f"bench {m}",
+                    "roomId": room,
+                    "meetingType": "permanent",
+                },
+            ) as r:
+                body = await r.json(content_type=None)
+                if r.status != 200:
+                    raise RuntimeError(f"create meeting: HTTP {r.status} {body}")
+                meeting_id = body["id"]
+            async with http.post(f"{base_url}/meetings/{meeting_id}/start", headers=headers) as r:
+                if r.status != 200:
+                    raise RuntimeError(f"start meeting: HTTP {r.status} {await r.text()}")
+            for i, user in enumerate(pubs):
+                specs.append(
+                    ClientSpec(
+                        user,
+                        owner if i == 0 else authority(user, {room: "member"}),
+                        meeting_id,
+                        "publisher",
+                        audio=options.audio,
+                        seed=len(specs),
+                    )
+                )
+            for i, user in enumerate(subs):
+                specs.append(
+                    ClientSpec(
+                        user,
+                        authority(user, {room: "member"}),
+                        meeting_id,
+                        "subscriber",
+                        decode=i < options.decoders,
+                        audio=options.audio,
+                        publishers=pubs,
+                    )
+                )
+    return specs
+
+
+def make_authority(secret: str) -> Any:
+    from control_api.auth import TokenAuthority
+
+    tokens = TokenAuthority(secret)
+
+    def mint(user: str, rooms: dict[str, str]) -> str:
+        return tokens.mint(user, name=f"bench {user[:8]}", rooms=rooms, ttl_seconds=6 * 3600)
+
+    return mint
