@@ -6,6 +6,7 @@ Every key is documented in config.example.toml; what is not set keeps its defaul
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -17,12 +18,24 @@ class ConfigError(ValueError):
     """A setting has the wrong type or an unknown name."""
 
 
+_BASE_PATH = re.compile(r"(/[A-Za-z0-9._~-]+)+")
+
+
 @dataclass(frozen=True)
 class ServerSettings:
     host: str = "127.0.0.1"
     port: int = 10000
     max_body_bytes: int = 1024 * 1024
     cors_origins: tuple[str, ...] = ()
+    base_path: str = ""  # e.g. "/services/chats": the API also answers under this prefix
+
+    def __post_init__(self) -> None:
+        path = self.base_path
+        if path and (not _BASE_PATH.fullmatch(path) or any(p in (".", "..") for p in path.split("/"))):
+            raise ConfigError(
+                f"[server] base_path: {path!r} must start with '/', not end with '/', and have only"
+                " letters, digits, '.', '_', '~' or '-' between its slashes (no spaces)"
+            )
 
 
 @dataclass(frozen=True)

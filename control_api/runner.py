@@ -14,6 +14,8 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_server import Server
 
+from .responses import json_response
+
 
 class _JsonErrorRequestHandler(RequestHandler):
     def handle_error(self, request, status=500, exc=None, message=None):  # noqa: ANN001, ANN201
@@ -24,10 +26,10 @@ class _JsonErrorRequestHandler(RequestHandler):
             phrase = "error"
         code = "bad_request" if status == 400 else phrase.lower().replace(" ", "_")
         text = "malformed HTTP request" if status == 400 else phrase
-        json_response = web.json_response({"error": code, "message": text}, status=status)
-        json_response.force_close()
+        error = json_response({"error": code, "message": text}, status=status)
+        error.force_close()
         del response
-        return json_response
+        return error
 
 
 class _JsonErrorServer(Server):
