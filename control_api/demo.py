@@ -26,6 +26,7 @@ _FILES = {
     "index.html": "text/html",
     "demo.js": "text/javascript",
     "demo.css": "text/css",
+    "favicon.svg": "image/svg+xml",
 }
 _CSP = (
     "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; "
