@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import hmac
 import importlib.resources
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -36,6 +37,7 @@ from .keys import (
     WEBSOCKETS,
 )
 from .metrics import ControlMetrics
+from .responses import json_response
 from .store import Store
 from .workers import WorkerPool
 
@@ -60,9 +62,16 @@ _REASONS = {
 
 
 def error_response(status: int, code: str, message: str, headers: dict | None = None) -> web.Response:
-    return web.json_response(
-        {"error": code, "message": message}, status=status, headers=headers or None
-    )
+    return json_response({"error": code, "message": message}, status=status, headers=headers or None)
+
+
+def api_path(request: web.Request) -> str:
+    """The request's path with `[server] base_path` taken off, when it came through it."""
+    path = request.path
+    base = request.app[CONFIG].server.base_path
+    if base and (path == base or path.startswith(base + "/")):
+        return path[len(base):]
+    return path
 
 
 @web.middleware
@@ -98,7 +107,7 @@ def _bearer(request: web.Request) -> str | None:
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Authentication runs first (401 before any 400): /meetings* and /events need a token."""
-    path = request.path
+    path = api_path(request)
     if path == "/meetings" or path.startswith("/meetings/") or path == "/events":
         token = _bearer(request) or request.cookies.get("ZM_AUTH_TOKEN")
         if token is None and path == "/events":
@@ -120,6 +129,9 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
     resource = request.match_info.route.resource
     if resource is not None:
         route = resource.canonical
+        base = request.app[CONFIG].server.base_path
+        if base and route.startswith(base + "/"):
+            route = route[len(base):]  # one label per operation, whichever path it came by
     status = 500
     try:
         response = await handler(request)
@@ -176,9 +188,27 @@ def default_media(config: Config) -> MediaService:
     )
 
 
+def openapi_document(request: web.Request) -> dict:
+    """The packaged document, with `servers` naming the host (and base path) it was asked by,
+    and without the routes this server does not serve (/metrics, /demo/token when off)."""
+    doc = json.loads(importlib.resources.files("control_api").joinpath("openapi.json").read_text())
+    config = request.app[CONFIG]
+    scheme = request.headers.get("X-Forwarded-Proto", request.scheme).split(",")[0].strip()
+    origin = f"{scheme if scheme in ('http', 'https') else request.scheme}://{request.host}"
+    base = config.server.base_path
+    through_base = bool(base) and request.path.startswith(base + "/")
+    doc["servers"] = [{"url": origin + (base if through_base else "")}]
+    served_elsewhere = {"/health": True, "/metrics": config.metrics.enabled, "/demo/token": config.demo.enabled}
+    for path, served in served_elsewhere.items():
+        if not served:
+            doc["paths"].pop(path, None)
+        elif through_base and path in doc["paths"]:
+            doc["paths"][path]["servers"] = [{"url": origin}]  # never under the base path
+    return doc
+
+
 async def _openapi(request: web.Request) -> web.Response:
-    text = importlib.resources.files("control_api").joinpath("openapi.json").read_text()
-    return web.Response(text=text, content_type="application/json")
+    return json_response(openapi_document(request))
 
 
 async def _metrics(request: web.Request) -> web.Response:
@@ -201,7 +231,7 @@ async def _metrics(request: web.Request) -> web.Response:
 
 
 async def _health(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    return json_response({"status": "ok"})
 
 
 def create_app(config: Config, media: MediaService | None = None) -> web.Application:
@@ -261,8 +291,10 @@ def create_app(config: Config, media: MediaService | None = None) -> web.Applica
     app[METRICS] = metrics
     app[WEBSOCKETS] = set()
 
-    add_routes(app)
+    add_routes(app, config.server.base_path)
     app.router.add_get("/openapi.json", _openapi)
+    if config.server.base_path:
+        app.router.add_get(config.server.base_path + "/openapi.json", _openapi)
     app.router.add_get("/health", _health)
     if config.metrics.enabled:
         app.router.add_get("/metrics", _metrics)

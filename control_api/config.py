@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -63,13 +64,25 @@ PATH = FileRelative()
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
+_BASE_PATH = re.compile(r"(/[A-Za-z0-9._~-]+)+")
+
+
 @dataclass(frozen=True)
 class ServerSettings:
     host: str = "127.0.0.1"
     port: Annotated[int, Between(1, 65535)] = 10000
     max_body_bytes: Annotated[int, Between(1)] = 1024 * 1024
     cors_origins: tuple[str, ...] = ()
-    header_timeout_seconds: float = 10.0
+    header_timeout_seconds: Annotated[float, Between(0)] = 10.0
+    base_path: str = ""  # e.g. "/services/chats": the API also answers under this prefix
+
+    def __post_init__(self) -> None:
+        path = self.base_path
+        if path and (not _BASE_PATH.fullmatch(path) or any(p in (".", "..") for p in path.split("/"))):
+            raise ConfigError(
+                f"[server] base_path: {path!r} must start with '/', not end with '/', and have only"
+                " letters, digits, '.', '_', '~' or '-' between its slashes (no spaces)"
+            )
 
 
 @dataclass(frozen=True)
@@ -96,23 +109,11 @@ _AUDIO = AudioSettings()  # the talking defaults have one source: the audio brid
 class MediaSettings:
     ice_addresses: tuple[str, ...] = ("127.0.0.1",)
     public_ip: str = ""
-    workers: int = 0  # media worker processes; 0: one per CPU
-    udp_port: int = 0  # worker i binds udp_port + i; 0: the OS chooses
-    talking_level_dbov: int = _AUDIO.talking_level_dbov
-    talking_packets: int = _AUDIO.talking_packets
-    silence_packets: int = _AUDIO.silence_packets
-
-    def __post_init__(self) -> None:
-        for key, low, high in (
-            ("workers", 0, 256),
-            ("udp_port", 0, 65535),
-            ("talking_level_dbov", 0, 127),
-            ("talking_packets", 1, 3000),
-            ("silence_packets", 1, 3000),
-        ):
-            value = getattr(self, key)
-            if not low <= value <= high:
-                raise ConfigError(f"[media] {key}: expected {low}..{high}, got {value!r}")
+    workers: Annotated[int, Between(0, 256)] = 0  # media worker processes; 0: one per CPU
+    udp_port: Annotated[int, Between(0, 65535)] = 0  # worker i binds udp_port + i; 0: the OS chooses
+    talking_level_dbov: Annotated[int, Between(0, 127)] = _AUDIO.talking_level_dbov
+    talking_packets: Annotated[int, Between(1, 3000)] = _AUDIO.talking_packets
+    silence_packets: Annotated[int, Between(1, 3000)] = _AUDIO.silence_packets
 
     def plane_settings(self) -> MediaPlaneSettings:
         """What the media plane gets: its own plain settings, never this Config."""

@@ -18,6 +18,7 @@ from aiohttp import web
 from .auth import ROLES, canonical_uuid
 from .errors import ApiError
 from .keys import CONFIG, TOKENS
+from .responses import json_response
 from .validation import parse_json_object
 
 # name -> content type; nothing else under /demo/ is served.
@@ -25,6 +26,7 @@ _FILES = {
     "index.html": "text/html",
     "demo.js": "text/javascript",
     "demo.css": "text/css",
+    "favicon.svg": "image/svg+xml",
 }
 _CSP = (
     "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; "
@@ -115,7 +117,7 @@ async def _token(request: web.Request) -> web.Response:
     token = request.app[TOKENS].mint(
         user_id, name=name, guest=guest, rooms=grants, ttl_seconds=ttl
     )
-    return web.json_response({"token": token, "userId": user_id, "expiresIn": ttl})
+    return json_response({"token": token, "userId": user_id, "expiresIn": ttl})
 
 
 def add_demo_routes(app: web.Application) -> None:

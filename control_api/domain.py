@@ -57,9 +57,10 @@ class Participant:
     audio: bool = False
     video: bool = False
     screen: bool = False
+    name: str | None = None  # the `name` claim of the token he joined with
 
     def render(self) -> dict[str, Any]:
-        return {
+        body = {
             "userId": self.user_id,
             "userType": self.user_type,
             "queueId": self.queue_id,
@@ -68,6 +69,9 @@ class Participant:
             "screenStreamEnabled": self.screen,
             "joinedAt": iso(self.joined_at),
         }
+        if self.name is not None:
+            body["name"] = self.name  # an extension Carbonio clients ignore (DESIGN section 4)
+        return body
 
 
 @dataclass
@@ -86,6 +90,8 @@ class LiveMeeting:
     participants: dict[str, Participant] = field(default_factory=dict)
     recording: ActiveRecording | None = None
     media_lost: bool = False  # its media worker died: the media plane holds nothing of it
+    # Display names of the users in the waiting queue (which a stop clears), by user id.
+    waiting_names: dict[str, str] = field(default_factory=dict)
 
 
 # The HTTP status of each media error code (sfu knows no HTTP; DESIGN §9.1).
@@ -290,12 +296,14 @@ class MeetingService:
         expiration: datetime | None,
     ) -> dict[str, Any]:
         now = self._clock()
+        # Whatever the type (a permanent meeting never expires, but a past date is a mistake);
+        # it depends on the body alone, so it comes before rights (DESIGN section 8).
+        if expiration is not None and expiration <= now:
+            raise bad_request("expiration is in the past")
         if room_id is not None:
             self._member(principal, room_id)
             if self.store.meeting_of_room(room_id) is not None:
                 raise conflict("the room already has a meeting")
-        if meeting_type == SCHEDULED and expiration is not None and expiration <= now:
-            raise bad_request("expiration is in the past")
         new_room = room_id is None
         if new_room:
             room_id = str(uuid.uuid4())
@@ -424,16 +432,20 @@ class MeetingService:
             if existing is not None:
                 if existing.queue_id == queue_id:
                     raise conflict("already a participant from this queue")
-                await self._clash(row, live, existing, queue_id)
+                await self._clash(row, live, existing, queue_id, principal.name)
                 return ACCEPTED
             if row.meeting_type == PERMANENT or role == "owner":
-                self._add_participant(row, live, uid, queue_id, role)
+                self._add_participant(row, live, uid, queue_id, role, principal.name)
                 return ACCEPTED
             entry = self.store.waiting_entry(meeting_id, uid)
             if entry is not None and entry.status == ACCEPTED:
                 self.store.delete_waiting(meeting_id, uid)
-                self._add_participant(row, live, uid, queue_id, self.role(principal, row.room_id))
+                live.waiting_names.pop(uid, None)
+                self._add_participant(
+                    row, live, uid, queue_id, self.role(principal, row.room_id), principal.name
+                )
                 return ACCEPTED
+            self._set_waiting_name(live, uid, principal.name)
             if entry is not None:
                 if entry.queue_id != queue_id:
                     self.store.put_waiting(meeting_id, uid, queue_id, WAITING)
@@ -446,26 +458,36 @@ class MeetingService:
             log.info("user waiting meeting=%s user=%s", meeting_id, uid)
             self.hub.to_room_owners(
                 row.room_id,
-                make_event("MEETING_WAITING_PARTICIPANT_JOINED", meetingId=meeting_id, userId=uid),
+                make_event(
+                    "MEETING_WAITING_PARTICIPANT_JOINED", meetingId=meeting_id, userId=uid, name=principal.name
+                ),
             )
             return WAITING
 
+    @staticmethod
+    def _set_waiting_name(live: LiveMeeting, uid: str, name: str | None) -> None:
+        if name is None:
+            live.waiting_names.pop(uid, None)
+        else:
+            live.waiting_names[uid] = name
+
     def _add_participant(
-        self, row: MeetingRow, live: LiveMeeting, uid: str, queue_id: str, role: str | None
+        self, row: MeetingRow, live: LiveMeeting, uid: str, queue_id: str, role: str | None, name: str | None
     ) -> None:
         live.participants[uid] = Participant(
             user_id=uid,
             queue_id=queue_id,
             user_type="moderator" if role == "owner" else "registered",
             joined_at=self._clock(),
+            name=name,
         )
         log.info("participant joined meeting=%s user=%s", row.id, uid)
         self.hub.to_room_members(
-            row.room_id, make_event("MEETING_PARTICIPANT_JOINED", meetingId=row.id, userId=uid)
+            row.room_id, make_event("MEETING_PARTICIPANT_JOINED", meetingId=row.id, userId=uid, name=name)
         )
 
     async def _clash(
-        self, row: MeetingRow, live: LiveMeeting, existing: Participant, queue_id: str
+        self, row: MeetingRow, live: LiveMeeting, existing: Participant, queue_id: str, name: str | None
     ) -> None:
         """The same user joins from another socket: the old one is kicked out."""
         uid = existing.user_id
@@ -479,9 +501,10 @@ class MeetingService:
         existing.queue_id = queue_id
         existing.audio = existing.video = existing.screen = False
         existing.joined_at = self._clock()
+        existing.name = name
         log.info("participant clashed meeting=%s user=%s", row.id, uid)
         self.hub.to_room_members(
-            row.room_id, make_event("MEETING_PARTICIPANT_JOINED", meetingId=row.id, userId=uid)
+            row.room_id, make_event("MEETING_PARTICIPANT_JOINED", meetingId=row.id, userId=uid, name=name)
         )
 
     async def _close_media(self, row: MeetingRow, live: LiveMeeting, p: Participant) -> None:
@@ -548,7 +571,15 @@ class MeetingService:
         row = self._meeting(meeting_id)
         if self._member(principal, row.room_id) != "owner":
             raise forbidden("only a moderator may see the waiting queue")
-        return {"users": [w.user_id for w in self.store.waiting_of_meeting(meeting_id, WAITING)]}
+        users = [w.user_id for w in self.store.waiting_of_meeting(meeting_id, WAITING)]
+        body: dict[str, Any] = {"users": users}
+        # Display names, an extension beside the seed's list of ids (which Carbonio clients
+        # read as plain strings): present only when some waiting user has one.
+        live = self._live.get(meeting_id)
+        names = {u: live.waiting_names[u] for u in users if u in live.waiting_names} if live else {}
+        if names:
+            body["names"] = names
+        return body
 
     async def update_queued_user(
         self, principal: Principal, meeting_id: str, user_id: str, status: str
@@ -569,6 +600,9 @@ class MeetingService:
                 type_ = "MEETING_WAITING_PARTICIPANT_ACCEPTED"
             else:
                 self.store.delete_waiting(meeting_id, user_id)
+                live = self._live.get(meeting_id)
+                if live is not None:
+                    live.waiting_names.pop(user_id, None)
                 type_ = "MEETING_WAITING_PARTICIPANT_REJECTED"
             log.info("waiting user %s meeting=%s user=%s", status.lower(), meeting_id, user_id)
             self.hub.to_room_owners(
@@ -588,9 +622,9 @@ class MeetingService:
     async def update_media(
         self, principal: Principal, meeting_id: str, kind: str, enabled: bool, sdp: str | None
     ) -> None:
-        row, live, p = self._media_target(principal, meeting_id)
-        if enabled and sdp is None:
+        if enabled and sdp is None:  # syntax before existence (DESIGN section 8)
             raise bad_request("sdp is required to enable a stream")
+        row, live, p = self._media_target(principal, meeting_id)
         async with self._lock(meeting_id):
             row, live, p = self._media_target(principal, meeting_id)
             if enabled:
@@ -633,11 +667,12 @@ class MeetingService:
         subscribe: list[tuple[str, str]],
         unsubscribe: list[tuple[str, str]],
     ) -> None:
-        row, live, p = self._media_target(principal, meeting_id)
+        # Syntax before existence (DESIGN section 8).
         if not subscribe and not unsubscribe:
             raise bad_request("subscribe and unsubscribe are both empty")
-        if any(uid == p.user_id for uid, _ in subscribe):
+        if any(uid == principal.user_id for uid, _ in subscribe):
             raise bad_request("a user cannot subscribe to his own streams")
+        row, live, p = self._media_target(principal, meeting_id)
         async with self._lock(meeting_id):
             row, live, p = self._media_target(principal, meeting_id)
             # Streams of users who are not (or no longer) participants are skipped: the client

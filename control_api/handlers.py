@@ -9,10 +9,14 @@ import uuid
 
 from aiohttp import WSMsgType, web
 
+from sfu.api import MediaError
+from sfu.peer import parse_session_description
+
 from .auth import Principal
-from .domain import ACCEPTED, REJECTED, MeetingService
-from .errors import bad_request
+from .domain import ACCEPTED, REJECTED, MeetingService, media_status
+from .errors import ApiError, bad_request
 from .keys import DOMAIN, HUB, METRICS, PRINCIPAL, WEBSOCKETS
+from .responses import json_response
 from .validation import Body, parse_json_object, path_uuid, safe_path_component
 
 log = logging.getLogger("meeting_sfu.http")
@@ -39,7 +43,18 @@ async def _body(request: web.Request) -> Body:
 
 
 def _json(data: object, status: int = 200) -> web.Response:
-    return web.json_response(data, status=status, dumps=lambda v: json.dumps(v, separators=(",", ":")))
+    return json_response(data, status=status)
+
+
+def _sdp(sdp: str | None, type_: str) -> str | None:
+    """SDP that cannot be parsed is a 400 before existence, rights or state are looked at
+    (DESIGN section 8): an unparseable answer with no offer pending is a 400, not a 409."""
+    if sdp is not None:
+        try:
+            parse_session_description(sdp, type_)
+        except MediaError as exc:
+            raise ApiError(media_status(exc), exc.code, exc.message) from None
+    return sdp
 
 
 def _no_content() -> web.Response:
@@ -120,13 +135,15 @@ async def update_media(request: web.Request) -> web.Response:
     kind = body.enum("type", STREAM_TYPES)
     enabled = body.boolean("enabled")
     sdp = body.string("sdp", required=False, max_len=MAX_SDP)
+    if enabled:
+        _sdp(sdp, "offer")
     await _domain(request).update_media(_principal(request), meeting_id, kind, enabled, sdp)  # type: ignore[arg-type]
     return _no_content()
 
 
 async def answer_media(request: web.Request) -> web.Response:
     meeting_id = _meeting_id(request)
-    sdp = (await _body(request)).string("sdp", max_len=MAX_SDP)
+    sdp = _sdp((await _body(request)).string("sdp", max_len=MAX_SDP), "answer")
     await _domain(request).answer_media(_principal(request), meeting_id, sdp)  # type: ignore[arg-type]
     return _no_content()
 
@@ -157,7 +174,7 @@ async def update_audio(request: web.Request) -> web.Response:
 
 async def audio_offer(request: web.Request) -> web.Response:
     meeting_id = _meeting_id(request)
-    sdp = (await _body(request)).string("sdp", max_len=MAX_SDP)
+    sdp = _sdp((await _body(request)).string("sdp", max_len=MAX_SDP), "offer")
     await _domain(request).audio_offer(_principal(request), meeting_id, sdp)  # type: ignore[arg-type]
     return _no_content()
 
@@ -225,25 +242,27 @@ async def events(request: web.Request) -> web.StreamResponse:
     return ws
 
 
-def add_routes(app: web.Application) -> None:
+def add_routes(app: web.Application, base_path: str = "") -> None:
+    """The 18 operations and /events, at their paths and, with a base path, under it too."""
     r = app.router
-    m = "/meetings/{meetingId}"
-    r.add_get("/public/meetings/{meetingId}", get_public_meeting)
-    r.add_get("/meetings", list_meetings)
-    r.add_post("/meetings", create_meeting)
-    r.add_get(m, get_meeting)
-    r.add_delete(m, delete_meeting)
-    r.add_post(m + "/start", start_meeting)
-    r.add_post(m + "/stop", stop_meeting)
-    r.add_post(m + "/join", join_meeting)
-    r.add_post(m + "/leave", leave_meeting)
-    r.add_get(m + "/queue", get_queue)
-    r.add_post(m + "/queue/{userId}", update_queued_user)
-    r.add_put(m + "/media", update_media)
-    r.add_put(m + "/media/answer", answer_media)
-    r.add_put(m + "/media/subscribe", update_subscriptions)
-    r.add_put(m + "/audio", update_audio)
-    r.add_put(m + "/audio/offer", audio_offer)
-    r.add_post(m + "/startRecording", start_recording)
-    r.add_post(m + "/stopRecording", stop_recording)
-    r.add_get("/events", events)
+    for prefix in ("", base_path) if base_path else ("",):
+        m = prefix + "/meetings/{meetingId}"
+        r.add_get(prefix + "/public/meetings/{meetingId}", get_public_meeting)
+        r.add_get(prefix + "/meetings", list_meetings)
+        r.add_post(prefix + "/meetings", create_meeting)
+        r.add_get(m, get_meeting)
+        r.add_delete(m, delete_meeting)
+        r.add_post(m + "/start", start_meeting)
+        r.add_post(m + "/stop", stop_meeting)
+        r.add_post(m + "/join", join_meeting)
+        r.add_post(m + "/leave", leave_meeting)
+        r.add_get(m + "/queue", get_queue)
+        r.add_post(m + "/queue/{userId}", update_queued_user)
+        r.add_put(m + "/media", update_media)
+        r.add_put(m + "/media/answer", answer_media)
+        r.add_put(m + "/media/subscribe", update_subscriptions)
+        r.add_put(m + "/audio", update_audio)
+        r.add_put(m + "/audio/offer", audio_offer)
+        r.add_post(m + "/startRecording", start_recording)
+        r.add_post(m + "/stopRecording", stop_recording)
+        r.add_get(prefix + "/events", events)

@@ -27,6 +27,7 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_server import Server
 
 from .keys import CONFIG
+from .responses import json_response
 
 log = logging.getLogger("meeting_sfu.http")
 
@@ -132,9 +133,9 @@ class _HardenedRequestHandler(RequestHandler):
             phrase = "error"
         code = "bad_request" if status == 400 else phrase.lower().replace(" ", "_")
         text = "malformed HTTP request" if status == 400 else phrase
-        json_response = web.json_response({"error": code, "message": text}, status=status)
-        json_response.force_close()
-        return json_response
+        error = json_response({"error": code, "message": text}, status=status)
+        error.force_close()
+        return error
 
 
 class _HardenedServer(Server):

@@ -147,9 +147,9 @@ class ServerHandle:
                     body = raw.decode(errors="replace")
             return r.status, body
 
-    async def events(self, token: str, *, via: str = "header") -> EventsClient:
+    async def events(self, token: str, *, via: str = "header", path: str = "/events") -> EventsClient:
         headers = {}
-        url = self.url.replace("http", "ws", 1) + "/events"
+        url = self.url.replace("http", "ws", 1) + path
         if via == "header":
             headers["Authorization"] = f"Bearer {token}"
         elif via == "cookie":

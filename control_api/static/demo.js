@@ -7,19 +7,22 @@
 //   receive recvonly, server offers: PUT /media/subscribe -> MEETING_SDP_OFFERED, answered with
 //           PUT /media/answer; remote tracks are placed by msid stream id "<userId>/<video|screen>".
 // The API has no trickle channel: every SDP is sent once ICE gathering has finished.
+// Display names come from the participants' `name` (the token's claim, DESIGN section 4).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const PC_CONFIG = { iceServers: [], bundlePolicy: "balanced" };
 
 const S = {
-  token: "", userId: "", grants: {}, createdRooms: new Set(),
-  meeting: null, ws: null, queueId: "", joined: false, waiting: false,
+  token: "", userId: "", name: "", grants: {}, createdRooms: new Set(),
+  meeting: null, ws: null, queueId: "", joined: false, waiting: false, invited: false,
   pcs: { audio: null, video: null, screen: null, recv: null },
   local: { audio: null, video: null, screen: null }, // MediaStreams we send
-  audioEnabled: false, recording: false,
+  audioEnabled: false, recording: false, recordingTarget: null,
   subscribed: new Set(), // "<userId>/<kind>" we asked for and have not seen end
   participants: [],
+  names: new Map(), // userId -> display name, from participants, events and the queue
+  talking: new Set(),
   waiters: [],
   subChain: Promise.resolve(), offerChain: Promise.resolve(),
 };
@@ -31,6 +34,7 @@ function log(text, error = false) {
   li.textContent = `${new Date().toLocaleTimeString()} ${text}`;
   if (error) li.className = "error";
   $("log").prepend(li);
+  while ($("log").childElementCount > 300) $("log").lastElementChild.remove(); // bounded
 }
 
 function setStatus(text, state = "idle") {
@@ -38,7 +42,37 @@ function setStatus(text, state = "idle") {
   $("status").dataset.state = state;
 }
 
-const short = (id) => (id === S.userId ? "you" : id.slice(0, 8));
+let toastTimer = 0;
+function toast(text) {
+  $("toast").textContent = text;
+  $("toast").hidden = false;
+  clearTimeout(toastTimer);
+  toastTimer = setTimeout(() => { $("toast").hidden = true; }, 6000);
+}
+
+function notice(text) {
+  $("notice").textContent = text || "";
+  $("notice").hidden = !text;
+}
+
+// A user's display name: his token's name claim when he had one, else a short id.
+function displayName(userId) {
+  return S.names.get(userId) || `Guest ${userId.slice(0, 4)}`;
+}
+const nameOf = (userId) => (userId === S.userId ? `${displayName(userId)} (you)` : displayName(userId));
+const short = (id) => (id === S.userId ? "you" : displayName(id));
+function initials(userId) {
+  const words = displayName(userId).split(/\s+/).filter(Boolean);
+  return words.slice(0, 2).map((w) => w[0].toUpperCase()).join("") || "?";
+}
+function hue(userId) { // a colour of one's own, the same on every page
+  let h = 0;
+  for (const c of userId) h = (h * 31 + c.charCodeAt(0)) % 360;
+  return `hsl(${h} 45% 42%)`;
+}
+function learnNames(participants) {
+  for (const p of participants) if (p.name) S.names.set(p.userId, p.name);
+}
 const meetingPath = (suffix = "") => `/meetings/${S.meeting.id}${suffix}`;
 
 async function api(method, path, body, headers = {}) {
@@ -112,13 +146,16 @@ async function useToken(token) {
   const claims = jwtClaims(token);
   S.token = token;
   S.userId = claims.sub;
+  S.name = claims.name || "";
+  if (S.name) S.names.set(S.userId, S.name);
   S.grants = claims.rooms || {};
   $("userId").value = S.userId;
-  $("whoami").textContent = `You are ${claims.name || "user"} ${S.userId}`;
+  const role = S.grants[$("roomId").value.trim()] || "no role";
+  $("whoami").textContent = `Signed in as ${displayName(S.userId)} (${role} in the room).`;
   await connectEvents();
-  for (const id of ["open", "create"]) $(id).disabled = false;
-  setStatus("ready");
+  setStatus("ready", "ready");
   const room = $("roomId").value.trim();
+  render();
   if ($("meetingId").value.trim()) return openMeeting();
   // The room's meeting, when there is one.
   const existing = (await api("GET", "/meetings")).find((m) => m.roomId === room);
@@ -154,24 +191,29 @@ function connectEvents() {
 
 // --- meeting lifecycle --------------------------------------------------------------------------
 
-function isOwner() {
+function role() { // "owner", "member" or null: what the token grants or the page knows
   const m = S.meeting;
-  if (!m) return false;
-  const me = m.participants.find((p) => p.userId === S.userId);
-  return S.grants[m.roomId] === "owner" || S.createdRooms.has(m.roomId)
-    || me?.userType === "moderator";
+  const room = m ? m.roomId : $("roomId").value.trim();
+  const me = m?.participants.find((p) => p.userId === S.userId);
+  if (S.grants[room] === "owner" || S.createdRooms.has(room) || me?.userType === "moderator") return "owner";
+  if (S.grants[room] || me || (m && !m.publicView)) return "member"; // we could read the meeting
+  return null;
 }
+const isOwner = () => role() === "owner";
 
 function showMeeting(meeting) {
   S.meeting = meeting;
   $("meetingId").value = meeting.id;
-  $("roomId").value = meeting.roomId;
-  const state = meeting.active ? "active" : "not started";
-  $("meetingInfo").textContent = `"${meeting.name}" (${meeting.meetingType}), ${state}`;
+  if (meeting.roomId) $("roomId").value = meeting.roomId;
+  const state = meeting.active ? "in progress" : "not started";
+  const kind = meeting.meetingType === "scheduled" ? "scheduled, with a waiting room" : "permanent";
+  $("meetingInfo").textContent = `“${meeting.name}” (${kind}), ${state}.`;
+  $("title").textContent = meeting.name;
   const hash = `#room=${meeting.roomId}&meeting=${meeting.id}`;
   $("invite").href = `${location.origin}/demo${hash}`;
   $("invite").textContent = $("invite").href;
   history.replaceState(null, "", hash);
+  learnNames(meeting.participants);
   S.participants = meeting.participants;
   S.recording = Boolean(meeting.recStartedAt);
   render();
@@ -179,26 +221,39 @@ function showMeeting(meeting) {
 
 async function openMeeting() {
   const id = $("meetingId").value.trim();
+  notice("");
   try {
     showMeeting(await api("GET", `/meetings/${id}`));
   } catch (e) {
+    if (e.status === 404) return notice("There is no such meeting (it may have been deleted).");
     if (e.status !== 403) throw e;
     // Not a member (a guest): the public view of a scheduled meeting is all we may see;
-    // joining puts us in its waiting room.
-    const { name } = await api("GET", `/public/meetings/${id}`);
+    // joining puts us in its waiting room. A permanent meeting has no public view.
+    let name;
+    try {
+      ({ name } = await api("GET", `/public/meetings/${id}`));
+    } catch (e2) {
+      if (e2.status !== 404) throw e2;
+      return notice("This meeting has no waiting room: it is a permanent meeting, open to the members " +
+        "of its room only. Ask its organiser to add you to the room, or to invite you to a scheduled " +
+        "meeting, where guests wait to be let in.");
+    }
     showMeeting({ id, name, roomId: $("roomId").value, meetingType: "scheduled", active: true,
-      participants: [] });
+      participants: [], publicView: true });
+    notice("You are a guest: when you join, a moderator is asked to let you in.");
   }
   if (isOwner() && S.meeting.active) await refreshQueue();
 }
 
 async function refreshMeeting() {
-  if (S.meeting) showMeeting(await api("GET", meetingPath()));
+  if (!S.meeting || (S.meeting.publicView && !S.joined)) return; // a guest may read it once let in
+  showMeeting(await api("GET", meetingPath()));
 }
 
 async function createMeeting() {
   const room = $("roomId").value.trim();
-  const body = { name: `Demo ${new Date().toLocaleTimeString()}`, meetingType: $("meetingType").value };
+  const body = { name: `${S.name ? `${S.name}'s` : "Demo"} meeting ${new Date().toLocaleTimeString()}`,
+    meetingType: $("meetingType").value };
   if (room && S.grants[room]) body.roomId = room;
   const meeting = await api("POST", "/meetings", body);
   if (!body.roomId) S.createdRooms.add(meeting.roomId); // a new room, owned by us
@@ -212,11 +267,14 @@ async function join() {
   if (status === "WAITING") {
     S.waiting = true;
     setStatus("waiting for a moderator", "waiting");
+    notice("You are in the waiting room: a moderator has been told and will let you in.");
     return render();
   }
   S.waiting = false;
   S.joined = true;
+  notice("");
   setStatus("in the meeting", "joined");
+  $("setup").open = false; // the set-up steps fold away: the meeting takes the page
   await refreshMeeting();
   if (isOwner()) await refreshQueue();
   // Streams that were on before we came: the events about them went by already.
@@ -243,6 +301,8 @@ function leftMeeting(why) {
   teardownMedia();
   S.joined = false;
   S.waiting = false;
+  notice("");
+  $("setup").open = true;
   setStatus(why);
   refreshMeeting().catch(() => {});
 }
@@ -282,6 +342,9 @@ async function muteOther(userId) {
 
 // --- media: camera and screen (one sendonly PC each) -------------------------------------------
 
+// Publishing, in one place: capture, a sendonly PC with one transceiver, a complete offer
+// (gathering finished), PUT /media, and the answer from MEETING_SDP_ANSWERED. Encodings
+// (simulcast layers, say) belong in the addTransceiver init below.
 async function publish(kind) {
   const stream = kind === "video"
     ? await navigator.mediaDevices.getUserMedia({ video: true })
@@ -291,7 +354,7 @@ async function publish(kind) {
   S.local[kind] = stream;
   pc.addTransceiver(track, { direction: "sendonly", streams: [stream] });
   track.onended = action(() => unpublish(kind)); // the browser's "stop sharing"
-  showTile(`${S.userId}/${kind}`, track, `you (${kind})`);
+  showTrack(S.userId, kind, track);
   try {
     await pc.setLocalDescription(await pc.createOffer());
     await gathered(pc);
@@ -322,7 +385,7 @@ function stopLocal(kind) {
   closePc(kind);
   S.local[kind]?.getTracks().forEach((t) => t.stop());
   S.local[kind] = null;
-  removeTile(`${S.userId}/${kind}`);
+  hideTrack(S.userId, kind);
 }
 
 // --- media: receiving (one recvonly PC, offered by the server) ---------------------------------
@@ -373,40 +436,104 @@ function onRemoteTrack(event) {
   const stream = event.streams[0];
   if (!stream) return;
   const [userId, kind] = stream.id.split("/");
-  if (!userId || !kind) return;
-  showTile(`${userId}/${kind}`, event.track, `${short(userId)} (${kind})`);
+  if (!userId || (kind !== "video" && kind !== "screen")) return;
+  showTrack(userId, kind, event.track);
 }
 
-// --- tiles ---------------------------------------------------------------------------------------
+// --- tiles: one per participant (his camera, or his initials), one per shared screen ------------
 
-function showTile(key, track, label) {
-  for (const tile of document.querySelectorAll(".tile")) {
-    // A reused m-line brings the same track under a new stream id: the old tile goes.
-    if (tile.dataset.key !== key && tile.querySelector("video").srcObject?.getTracks()[0] === track) {
-      tile.remove();
+function tile(userId, kind) {
+  const selector = kind === "screen"
+    ? `.tile.screen[data-user="${CSS.escape(userId)}"]` : `.tile.person[data-user="${CSS.escape(userId)}"]`;
+  let el = document.querySelector(selector);
+  if (el) return el;
+  el = document.createElement("div");
+  el.className = `tile ${kind === "screen" ? "screen" : "person"}`;
+  el.dataset.user = userId;
+  // data-key names what the tile shows: "<userId>/video" or "<userId>/screen", or the bare
+  // user id while a camera is off.
+  el.dataset.key = kind === "screen" ? `${userId}/screen` : userId;
+  if (userId === S.userId) el.classList.add("self");
+  el.innerHTML = '<video autoplay playsinline muted></video><div class="avatar"></div>'
+    + '<span class="label"><span class="name"></span><span class="muted-mic"></span></span>';
+  $("videos").append(el);
+  labelTile(el);
+  orderTiles();
+  return el;
+}
+
+function labelTile(el) {
+  const userId = el.dataset.user;
+  const p = S.participants.find((x) => x.userId === userId);
+  const screen = el.classList.contains("screen");
+  const avatar = el.querySelector(".avatar");
+  avatar.textContent = initials(userId);
+  avatar.style.setProperty("--hue", hue(userId));
+  el.querySelector(".name").textContent = screen
+    ? (userId === S.userId ? "Your screen" : `${displayName(userId)}'s screen`) : nameOf(userId);
+  el.querySelector(".muted-mic").textContent = !screen && p && !p.audioStreamEnabled ? "muted" : "";
+  el.classList.toggle("talking", !screen && S.talking.has(userId));
+}
+
+// A stable order: screens first, then ourselves, then everyone by the time he joined.
+function orderTiles() {
+  const rank = new Map();
+  [...S.participants].sort((a, b) => (a.joinedAt < b.joinedAt ? -1 : a.joinedAt > b.joinedAt ? 1 : 0))
+    .forEach((p, i) => rank.set(p.userId, i + 1));
+  for (const el of document.querySelectorAll("#videos .tile")) {
+    const userId = el.dataset.user;
+    const r = userId === S.userId ? 0 : rank.get(userId) ?? 999;
+    el.style.order = String(el.classList.contains("screen") ? r - 1000 : r);
+  }
+}
+
+function showTrack(userId, kind, track) {
+  for (const other of document.querySelectorAll("#videos .tile")) {
+    // A reused m-line brings the same track under a new stream id: the old place lets go.
+    const shown = other.querySelector("video").srcObject?.getTracks()[0];
+    if (shown === track && (other.dataset.user !== userId || other.classList.contains("screen") !== (kind === "screen"))) {
+      hideTrack(other.dataset.user, other.classList.contains("screen") ? "screen" : "video");
     }
   }
-  let tile = document.querySelector(`.tile[data-key="${CSS.escape(key)}"]`);
-  if (!tile) {
-    tile = document.createElement("div");
-    tile.className = "tile";
-    tile.dataset.key = key;
-    tile.dataset.user = key.split("/")[0];
-    tile.innerHTML = '<video autoplay playsinline muted></video><span class="label"></span>';
-    if (tile.dataset.user === S.userId) $("videos").prepend(tile); // our own first
-    else $("videos").append(tile);
-  }
-  tile.querySelector(".label").textContent = label;
-  tile.querySelector("video").srcObject = new MediaStream([track]);
+  const el = tile(userId, kind);
+  el.querySelector("video").srcObject = new MediaStream([track]);
+  el.classList.add("has-video");
+  if (kind === "video") el.dataset.key = `${userId}/video`;
 }
 
-function removeTile(key) {
-  document.querySelector(`.tile[data-key="${CSS.escape(key)}"]`)?.remove();
+function hideTrack(userId, kind) {
+  if (kind === "screen") {
+    document.querySelector(`.tile.screen[data-user="${CSS.escape(userId)}"]`)?.remove();
+    return;
+  }
+  const el = document.querySelector(`.tile.person[data-user="${CSS.escape(userId)}"]`);
+  if (!el) return;
+  el.querySelector("video").srcObject = null;
+  el.classList.remove("has-video");
+  el.dataset.key = userId;
+}
+
+// Tiles follow the participants: one for each, none for those who left (a tile that plays a
+// track stays until its user's LEFT event, which a late participant list cannot undo).
+function syncTiles() {
+  if (!S.joined) {
+    $("videos").replaceChildren();
+    return;
+  }
+  const present = new Set(S.participants.map((p) => p.userId));
+  present.add(S.userId);
+  for (const userId of present) tile(userId, "video");
+  for (const el of document.querySelectorAll("#videos .tile.person:not(.has-video)")) {
+    if (!present.has(el.dataset.user)) el.remove();
+  }
+  for (const el of document.querySelectorAll("#videos .tile")) labelTile(el);
+  orderTiles();
 }
 
 function removeUser(userId) {
-  for (const tile of document.querySelectorAll(`.tile[data-user="${CSS.escape(userId)}"]`)) tile.remove();
+  for (const el of document.querySelectorAll(`.tile[data-user="${CSS.escape(userId)}"]`)) el.remove();
   for (const key of [...S.subscribed]) if (key.startsWith(`${userId}/`)) S.subscribed.delete(key);
+  S.talking.delete(userId);
 }
 
 function closePc(kind) {
@@ -422,6 +549,7 @@ function teardownMedia() {
   S.local.audio = null;
   S.audioEnabled = false;
   S.subscribed.clear();
+  S.talking.clear();
   $("videos").replaceChildren();
   render();
 }
@@ -429,22 +557,24 @@ function teardownMedia() {
 // --- waiting room (moderators) -------------------------------------------------------------------
 
 async function refreshQueue() {
-  const { users } = await api("GET", meetingPath("/queue"));
+  const { users, names = {} } = await api("GET", meetingPath("/queue"));
+  for (const [userId, name] of Object.entries(names)) S.names.set(userId, name);
   const list = $("waiting");
   list.replaceChildren();
   for (const userId of users) {
     const li = document.createElement("li");
     li.dataset.user = userId;
-    li.textContent = `${short(userId)} `;
+    li.append(dot(userId), span("who", displayName(userId)));
     for (const status of ["ACCEPTED", "REJECTED"]) {
       const button = document.createElement("button");
-      button.textContent = status === "ACCEPTED" ? "Accept" : "Reject";
+      button.textContent = status === "ACCEPTED" ? "Let in" : "Turn away";
       button.className = status.toLowerCase();
       button.onclick = action(() => api("POST", meetingPath(`/queue/${userId}`), { status }));
       li.append(button);
     }
     list.append(li);
   }
+  $("waitingCount").textContent = users.length ? String(users.length) : "";
   $("waitingBox").hidden = users.length === 0;
 }
 
@@ -452,8 +582,9 @@ async function refreshQueue() {
 
 async function toggleRecording() {
   if (!S.recording) return api("POST", meetingPath("/startRecording"));
-  return api("POST", meetingPath("/stopRecording"),
-    { name: $("recName").value, folderId: $("recFolder").value });
+  const target = { name: $("recName").value.trim(), folderId: $("recFolder").value.trim() };
+  S.recordingTarget = target;
+  return api("POST", meetingPath("/stopRecording"), target);
 }
 
 // --- events --------------------------------------------------------------------------------------
@@ -461,16 +592,21 @@ async function toggleRecording() {
 const handlers = {
   MEETING_STARTED: () => refreshMeeting(),
   MEETING_STOPPED: () => leftMeeting("the meeting stopped"),
-  MEETING_DELETED: () => { leftMeeting("the meeting was deleted"); S.meeting = null; },
-  MEETING_PARTICIPANT_JOINED: () => refreshMeeting(),
+  MEETING_DELETED: () => { leftMeeting("the meeting was deleted"); S.meeting = null; render(); },
+  MEETING_PARTICIPANT_JOINED: (e) => { if (e.name) S.names.set(e.userId, e.name); return refreshMeeting(); },
   MEETING_PARTICIPANT_LEFT: (e) => { removeUser(e.userId); return refreshMeeting(); },
   MEETING_PARTICIPANT_CLASHED: () => leftMeeting("you joined from elsewhere"),
-  MEETING_WAITING_PARTICIPANT_JOINED: () => refreshQueue(),
+  MEETING_WAITING_PARTICIPANT_JOINED: (e) => {
+    if (e.name) S.names.set(e.userId, e.name);
+    toast(`${displayName(e.userId)} is in the waiting room`);
+    return refreshQueue();
+  },
   MEETING_WAITING_PARTICIPANT_ACCEPTED: (e) => (e.userId === S.userId && S.waiting ? join()
     : isOwner() ? refreshQueue() : null),
   MEETING_WAITING_PARTICIPANT_REJECTED: (e) => {
     if (e.userId !== S.userId) return isOwner() ? refreshQueue() : null;
     S.waiting = false;
+    notice("");
     setStatus("a moderator turned you away", "error");
     return render();
   },
@@ -482,28 +618,42 @@ const handlers = {
     if (e.userId === S.userId) return refreshMeeting();
     if (e.active) subscribe([{ userId: e.userId, type: kind }], []);
     else {
-      // The server ends our consumer itself (and re-offers): only the tile goes.
+      // The server ends our consumer itself (and re-offers): only the picture goes.
       S.subscribed.delete(`${e.userId}/${kind}`);
-      removeTile(`${e.userId}/${kind}`);
+      hideTrack(e.userId, kind);
     }
     return refreshMeeting();
   },
   MEETING_AUDIO_STREAM_CHANGED: (e) => {
     if (e.userId === S.userId) {
       S.audioEnabled = e.active;
-      if (e.moderatorId) log(`a moderator (${short(e.moderatorId)}) muted you`);
+      if (e.moderatorId) {
+        log(`a moderator (${short(e.moderatorId)}) muted you`);
+        toast(`${displayName(e.moderatorId)} muted you`);
+      }
     }
     return refreshMeeting();
   },
   MEETING_PARTICIPANT_TALKING: (e) => {
+    if (e.isTalking) S.talking.add(e.userId); else S.talking.delete(e.userId);
     document.querySelector(`#participants li[data-user="${CSS.escape(e.userId)}"]`)
       ?.classList.toggle("talking", e.isTalking);
-    for (const tile of document.querySelectorAll(`.tile[data-user="${CSS.escape(e.userId)}"]`)) {
-      tile.classList.toggle("talking", e.isTalking);
-    }
+    document.querySelector(`.tile.person[data-user="${CSS.escape(e.userId)}"]`)
+      ?.classList.toggle("talking", e.isTalking);
   },
-  MEETING_RECORDING_STARTED: () => { S.recording = true; render(); },
-  MEETING_RECORDING_STOPPED: () => { S.recording = false; render(); },
+  MEETING_RECORDING_STARTED: (e) => {
+    S.recording = true;
+    toast(e.userId === S.userId ? "Recording started" : `${displayName(e.userId)} started recording`);
+    render();
+  },
+  MEETING_RECORDING_STOPPED: (e) => {
+    S.recording = false;
+    const t = S.recordingTarget;
+    if (e.userId === S.userId && t) toast(`Recording saved as ${t.folderId}/${t.name}.mkv`);
+    else toast(`${displayName(e.userId)} stopped the recording; it is saved on the server`);
+    S.recordingTarget = null;
+    render();
+  },
 };
 
 function onEvent(event) {
@@ -529,36 +679,66 @@ function eventSummary(e) {
 
 // --- rendering -----------------------------------------------------------------------------------
 
+function span(className, text) {
+  const el = document.createElement("span");
+  el.className = className;
+  el.textContent = text;
+  return el;
+}
+
+function dot(userId) {
+  const el = span("dot", initials(userId));
+  el.style.setProperty("--hue", hue(userId));
+  return el;
+}
+
+function press(id, on, label) {
+  $(id).setAttribute("aria-pressed", String(on));
+  $(id).querySelector(".label").textContent = label;
+}
+
+// Shows only what the user may do now: a guest sees no Start, a member no Record, and so on.
 function render() {
   const m = S.meeting;
   const inside = S.joined;
-  $("start").disabled = !m || m.active;
-  $("stop").disabled = !m || !m.active;
-  $("join").disabled = !m || !m.active || inside || S.waiting;
-  $("leave").disabled = !inside && !S.waiting;
-  for (const id of ["camera", "screen"]) $(id).disabled = !inside;
-  $("mic").disabled = !inside || !S.pcs.audio;
-  $("record").disabled = !inside || !isOwner();
-  $("camera").textContent = S.pcs.video ? "Camera off" : "Camera on";
-  $("screen").textContent = S.pcs.screen ? "Stop sharing" : "Share screen";
-  $("mic").textContent = S.audioEnabled ? "Mute" : "Unmute";
-  $("record").textContent = S.recording ? "Stop recording" : "Start recording";
-  $("recording").hidden = !S.recording;
+  const signedIn = Boolean(S.token);
+  const r = role();
+  $("mint").textContent = signedIn ? "Sign in again" : "Sign in with a demo token";
+  $("create").hidden = !signedIn || inside || S.waiting || Boolean(m) || S.invited;
+  $("newMeeting").hidden = !signedIn || Boolean(m) || S.invited;
+  $("open").hidden = !signedIn;
+  $("inviteLine").hidden = !m || !r;
+  $("start").hidden = !m || m.active || !r;
+  $("join").hidden = !m || !m.active || inside || S.waiting || (!r && m.meetingType !== "scheduled");
+  $("join").textContent = r || !m ? "Join" : "Ask to join";
+  $("setupSummary").textContent = m ? `· ${displayName(S.userId)} in “${m.name}”` : "";
 
+  $("controls").hidden = !inside && !S.waiting;
+  for (const id of ["mic", "camera", "screen"]) $(id).hidden = !inside;
+  $("mic").disabled = !inside || !S.pcs.audio;
+  $("record").hidden = !inside || r !== "owner";
+  $("stop").hidden = !inside || !r;
+  $("leave").querySelector(".label").textContent = S.waiting ? "Leave the queue" : "Leave";
+  press("mic", S.audioEnabled, S.audioEnabled ? "Mute" : "Unmute");
+  press("camera", Boolean(S.pcs.video), S.pcs.video ? "Stop video" : "Start video");
+  press("screen", Boolean(S.pcs.screen), S.pcs.screen ? "Stop sharing" : "Share screen");
+  press("record", S.recording, S.recording ? "Stop recording" : "Record");
+  $("recording").hidden = !S.recording || !inside;
+  $("recordingBox").hidden = !inside || r !== "owner";
+  if (!inside || r !== "owner") $("waitingBox").hidden = true;
+
+  const people = inside || (m?.active && !m.publicView) ? S.participants : [];
   const list = $("participants");
-  const talking = new Set([...list.querySelectorAll("li.talking")].map((li) => li.dataset.user));
   list.replaceChildren();
-  for (const p of inside || m?.active ? S.participants : []) {
+  for (const p of people) {
     const li = document.createElement("li");
     li.dataset.user = p.userId;
-    if (talking.has(p.userId)) li.className = "talking";
-    const media = [p.videoStreamEnabled && "cam", p.screenStreamEnabled && "screen"].filter(Boolean);
-    li.textContent = `${short(p.userId)}${p.userType === "moderator" ? " ★" : ""}`;
-    const mic = document.createElement("span");
-    mic.className = "mic";
-    mic.textContent = [p.audioStreamEnabled ? "mic on" : "muted", ...media].join(" · ");
-    li.append(mic);
-    if (inside && isOwner() && p.userId !== S.userId && p.audioStreamEnabled) {
+    if (S.talking.has(p.userId)) li.className = "talking";
+    li.append(dot(p.userId), span("who", nameOf(p.userId)));
+    if (p.userType === "moderator") li.append(span("badge", "moderator"));
+    const media = [p.audioStreamEnabled ? "mic" : "muted", p.videoStreamEnabled && "cam", p.screenStreamEnabled && "screen"];
+    li.append(span("state", media.filter(Boolean).join(" · ")));
+    if (inside && r === "owner" && p.userId !== S.userId && p.audioStreamEnabled) {
       const button = document.createElement("button");
       button.textContent = "Mute";
       button.className = "mute";
@@ -567,6 +747,8 @@ function render() {
     }
     list.append(li);
   }
+  $("participantCount").textContent = people.length ? String(people.length) : "";
+  syncTiles();
 }
 
 // --- wiring --------------------------------------------------------------------------------------
@@ -575,6 +757,7 @@ function init() {
   const params = new URLSearchParams(location.hash.slice(1));
   $("roomId").value = params.get("room") || crypto.randomUUID();
   if (params.get("meeting")) {
+    S.invited = true; // came by an invite link: that meeting, no other
     $("meetingId").value = params.get("meeting");
     $("role").value = "member"; // an invited guest is a member of the room by default
   }

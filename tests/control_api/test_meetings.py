@@ -75,7 +75,7 @@ async def test_create_without_room_makes_a_room_owned_by_the_caller(cast):
 
 
 async def test_create_expiration(cast):
-    room, olga, *_ = cast
+    room, olga, _, xavier, _ = cast
     status, body = await olga.call(
         "POST",
         "/meetings",
@@ -83,8 +83,18 @@ async def test_create_expiration(cast):
     )
     assert status == 400 and is_error(body)
     assert await olga.call("GET", "/meetings") == (200, [])
-    # a permanent meeting accepts the field and never expires
-    meeting = await create_meeting(olga, room, "permanent", expiration="2001-01-01T00:00:00Z")
+    # A past expiration is a 400 for a permanent meeting too (DESIGN section 3), and it comes
+    # before rights: an outsider's request with one is a 400 as well.
+    for who, meeting_room in ((olga, room), (xavier, room)):
+        status, body = await who.call(
+            "POST",
+            "/meetings",
+            {"name": "late", "roomId": meeting_room, "meetingType": "permanent", "expiration": "2001-01-01T00:00:00Z"},
+        )
+        assert status == 400 and is_error(body), body
+    assert await olga.call("GET", "/meetings") == (200, [])
+    # a permanent meeting accepts a future one and never expires
+    meeting = await create_meeting(olga, room, "permanent", expiration="2999-01-01T00:00:00Z")
     assert meeting["meetingType"] == "permanent"
 
 

@@ -28,7 +28,8 @@ async def test_parser_errors_are_json(server, raw):
     head, _, body = data.partition(b"\r\n\r\n")
     status = int(head.split(b" ")[1])
     assert 400 <= status < 500
-    assert b"application/json" in head
+    headers = dict(line.split(b": ", 1) for line in head.split(b"\r\n")[1:])
+    assert headers[b"Content-Type"] == b"application/json"  # exactly (DESIGN section 10)
     assert json.loads(body) == {"error": "bad_request", "message": "malformed HTTP request"}
 
 

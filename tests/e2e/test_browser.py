@@ -137,7 +137,7 @@ class User:
         )
 
     async def log_text(self) -> str:
-        return await self.page.inner_text("#log")
+        return await self.page.text_content("#log") or ""  # the log is folded away
 
     async def participants(self) -> list[str]:
         return await self.page.eval_on_selector_all(
@@ -188,16 +188,18 @@ async def host_and_guest(
     await alice.sign_in("owner")
     await alice.page.select_option("#meetingType", meeting_type)
     await alice.click("#create")
-    await alice.page.wait_for_function("!document.getElementById('start').disabled")
+    await alice.page.wait_for_selector("#start:not([hidden])")
     await alice.click("#start")
-    await alice.page.wait_for_function("!document.getElementById('join').disabled")
+    await alice.page.wait_for_selector("#join:not([hidden])")
     await alice.click("#join")
     await alice.wait_status("joined")
+    await alice.page.wait_for_selector("#setup:not([open])", state="attached")  # folded away
     invite = await alice.page.get_attribute("#invite", "href")
     assert invite and re.search(r"/demo#room=[0-9a-f-]{36}&meeting=[0-9a-f-]{36}$", invite), invite
     bob = await User.open(browser, invite, "Bob")
     await bob.sign_in(bob_role)
-    await bob.page.wait_for_function("!document.getElementById('join').disabled")
+    if meeting_type == "scheduled" or bob_role != "none":
+        await bob.page.wait_for_selector("#join:not([hidden])")
     return alice, bob
 
 
@@ -248,7 +250,7 @@ async def grows(user: User, kind: str, field: str, *, within: float = 20.0) -> l
 async def test_demo_page_and_token_endpoint(server):
     status, body = await server.call("GET", "/demo")
     assert status == 200 and "demo.js" in body
-    for name in ("demo.js", "demo.css"):
+    for name in ("demo.js", "demo.css", "favicon.svg"):
         status, _ = await server.call("GET", f"/demo/{name}")
         assert status == 200
     status, _ = await server.call("GET", "/demo/../app.py")
@@ -285,8 +287,10 @@ async def test_waiting_room_accept_then_leave(server, browser):
     await bob.wait_status("waiting")
 
     # Alice is told, sees Bob in her waiting room and lets him in; his page joins again.
-    await alice.page.wait_for_selector(f'#waiting li[data-user="{bob.user_id}"]')
+    waiting = await alice.page.wait_for_selector(f'#waiting li[data-user="{bob.user_id}"]')
+    assert "Bob" in await waiting.inner_text()  # his name, from the event and the queue
     await alice.screenshot("waiting-room-queue")
+    await bob.screenshot("waiting-room-queue")
     await alice.page.click(f'#waiting li[data-user="{bob.user_id}"] button.accepted')
     await bob.wait_status("joined")
     both = {alice.user_id, bob.user_id}
@@ -315,6 +319,18 @@ async def test_guest_in_waiting_room_rejected(server, browser):
     await alice.wait_participants({alice.user_id})
 
 
+async def test_guest_with_a_permanent_meetings_invite_is_told_why(server, browser):
+    # A permanent meeting has no waiting room: the guest gets an explanation, not a red 404.
+    alice, bob = await host_and_guest(browser, server, "permanent", bob_role="none")
+    notice = await bob.page.wait_for_selector("#notice")
+    text = await notice.inner_text()
+    assert "no waiting room" in text and "permanent" in text and "scheduled" in text, text
+    assert await bob.page.is_hidden("#join") and await bob.page.is_hidden("#start")
+    assert await bob.page.query_selector_all("#log li.error") == []
+    await bob.screenshot("permanent-invite")
+    bob.check_no_page_errors()
+
+
 async def test_page_works_under_its_csp(server, browser):
     # Selector waits only: they need no eval, which the page's CSP forbids.
     alice = await User.open(browser, server.url + "/demo", "Alice", bypass_csp=False)
@@ -322,6 +338,7 @@ async def test_page_works_under_its_csp(server, browser):
     alice.page.on("console", lambda m: console.append(m.text) if m.type == "error" else None)
     await alice.page.fill("#name", "Alice")
     await alice.click("#mint")
+    await alice.page.wait_for_selector('link[rel="icon"][href="/demo/favicon.svg"]', state="attached")
     await alice.page.wait_for_selector("#create:not([disabled])")
     await alice.click("#create")
     await alice.page.wait_for_selector("#start:not([disabled])")
@@ -344,10 +361,12 @@ async def test_two_browsers_see_each_other(server, browser):
     # Alice's camera is on before Bob comes: his page finds it in the meeting's participants.
     # Bob's comes on after: Alice's page subscribes on MEETING_MEDIA_STREAM_CHANGED.
     await alice.click("#camera")
-    await alice.page.wait_for_function("document.getElementById('camera').textContent === 'Camera off'")
+    await alice.page.wait_for_selector('#camera[aria-pressed="true"]')
     await bob.click("#join")
     await bob.wait_status("joined")
     await alice.wait_participants({alice.user_id, bob.user_id})
+    # Buttons only for what one may do: Bob (a member) may not record nor mute others.
+    assert await bob.page.is_hidden("#record") and await alice.page.is_visible("#record")
     await bob.click("#camera")
 
     # Each page places the other's camera by msid "<userId>/video" and decodes it.
@@ -364,6 +383,15 @@ async def test_two_browsers_see_each_other(server, browser):
         f"document.querySelector('.tile[data-key=\"{bob.user_id}/video\"] video') && "
         f"({playing})(document.querySelector('.tile[data-key=\"{bob.user_id}/video\"] video'))"
     )
+    # Tiles carry names, in a stable order: one's own first, then by the time of joining.
+    bob_tile = f'.tile[data-key="{bob.user_id}/video"]'
+    assert await alice.page.inner_text(bob_tile + " .label .name") == "Bob"
+    assert "Alice (you)" in await alice.page.inner_text(f'.tile[data-key="{alice.user_id}/video"] .label')
+    order = await alice.page.eval_on_selector_all(
+        "#videos .tile", "tiles => tiles.map(t => [t.dataset.user, Number(t.style.order)])"
+    )
+    assert sorted(order, key=lambda t: t[1])[0][0] == alice.user_id, order
+    assert "Alice" in await bob.page.inner_text("#participants")
     await asyncio.sleep(0.5)  # a few frames painted for the screenshot
     await alice.screenshot("video")
     await bob.screenshot("video")
@@ -394,6 +422,9 @@ async def test_two_browsers_see_each_other(server, browser):
     await asyncio.sleep(1.5)
     await alice.click("#record")
     await alice.page.wait_for_selector("#recording", state="hidden")
+    toast = await alice.page.wait_for_selector("#toast")
+    assert "Recording saved as team/standup.mkv" in await toast.inner_text()
+    await alice.screenshot("recording-saved")
     recording = server.config.recording_path / "team" / "standup.mkv"
     for _ in range(50):
         if recording.exists() and recording.stat().st_size > 0:
@@ -422,9 +453,9 @@ async def test_two_browsers_hear_each_other(server, browser):
     await bob.click("#join")
     await bob.wait_status("joined")
     for user in (alice, bob):
-        await user.page.wait_for_function("!document.getElementById('mic').disabled")
+        await user.page.wait_for_selector("#mic:not([disabled])")
         await user.click("#mic")  # joined muted: unmute
-        await user.page.wait_for_function("document.getElementById('mic').textContent === 'Mute'")
+        await user.page.wait_for_selector('#mic[aria-pressed="true"]')
     # Each hears the mix of everyone else: here, the other's fake microphone.
     for user in (alice, bob):
         await grows(user, "audio", "packetsReceived")
@@ -435,10 +466,12 @@ async def test_two_browsers_hear_each_other(server, browser):
     await alice.page.wait_for_selector(
         f'#participants li.talking[data-user="{bob.user_id}"]', timeout=10000
     )
+    await alice.page.wait_for_selector(f'.tile.talking[data-user="{bob.user_id}"]', timeout=10000)
+    await alice.screenshot("talking")
 
     # A moderator mutes Bob: Bob's page shows it.
     await alice.page.click(f'#participants li[data-user="{bob.user_id}"] button.mute')
-    await bob.page.wait_for_function("document.getElementById('mic').textContent === 'Unmute'")
+    await bob.page.wait_for_selector('#mic[aria-pressed="false"]')
     assert "muted you" in await bob.log_text()
     with contextlib.suppress(Exception):
         await bob.click("#leave")

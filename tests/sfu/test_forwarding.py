@@ -8,7 +8,7 @@ import aiortc.rtcrtpsender
 from sfu.api import ProducerStateChanged
 
 from .clients import Publisher, Subscriber, assert_counters_match, bounded, eventually
-from .helpers import MEETING, live_counts, media_stats, ref, subscribe
+from .helpers import MEETING, live_counts, media_stats, ref, router, subscribe
 
 
 async def test_one_publisher_three_subscribers_decode_matching_frames(media, events):
