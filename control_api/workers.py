@@ -20,6 +20,7 @@ import socket
 import sys
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 from sfu import channel
@@ -44,7 +45,8 @@ from sfu.settings import MediaPlaneSettings
 log = logging.getLogger("meeting_sfu.workers")
 
 START_TIMEOUT = 30.0  # seconds for a worker to import aiortc/PyAV and answer "start"
-REQUEST_TIMEOUT = 30.0  # seconds for one media request (an SDP answer takes milliseconds)
+REQUEST_TIMEOUT = 15.0  # seconds for one media request (an SDP answer takes milliseconds)
+HUNG_AFTER = 15.0  # seconds without a stats snapshot (sent every second) before a worker is killed
 STATS_TIMEOUT = 1.0  # seconds to wait for fresh stats on a scrape (the last ones serve after)
 STOP_TIMEOUT = 6.0  # seconds for a worker to close its meetings and exit at shutdown
 EVENT_QUEUE_LIMIT = 10_000
@@ -75,6 +77,7 @@ class Worker:
         self.ready = False
         self.reader_task: asyncio.Task[None] | None = None
         self.exited = asyncio.Event()
+        self.heard_at = time.monotonic()  # last message from the worker
 
     @property
     def pid(self) -> int | None:
@@ -86,6 +89,7 @@ class Worker:
 
     def take_stats(self, snapshot: dict[str, Any]) -> None:
         self.snapshot = snapshot
+        self.heard_at = time.monotonic()
         out = sum((snapshot.get("rtp_packets_out") or {}).values())
         now = time.monotonic()
         if self._last_packets is not None and now > self._last_packets[0]:
@@ -103,8 +107,10 @@ class WorkerPool:
         *,
         log_level: str = "info",
         log_format: str = "keyvalue",
+        hung_after: float = HUNG_AFTER,
     ) -> None:
         self.settings = settings
+        self.hung_after = hung_after
         self.count = count if count > 0 else default_worker_count()
         self.log_level = log_level
         self.log_format = log_format
@@ -135,11 +141,10 @@ class WorkerPool:
         if errors:
             await self._stop_workers()
             raise RuntimeError(str(errors[0]))
+        self._background(self._watch_hung())
         log.info("media workers started count=%s pids=%s", self.count, ",".join(str(w.pid) for w in self.workers))
 
     def _worker_settings(self, worker: Worker) -> MediaPlaneSettings:
-        from dataclasses import replace
-
         port = self.settings.udp_port + worker.index if self.settings.udp_port else 0
         return replace(self.settings, udp_port=port)
 
@@ -180,6 +185,7 @@ class WorkerPool:
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
             raise RuntimeError(f"media worker {worker.index} did not start: {exc.message}") from None
+        worker.heard_at = time.monotonic()
         worker.ready = True
 
     async def _read(self, worker: Worker, reader: asyncio.StreamReader) -> None:
@@ -189,6 +195,7 @@ class WorkerPool:
                 message = await channel.read_message(reader)
                 if message is None:
                     break
+                worker.heard_at = time.monotonic()
                 if "id" in message:
                     future = worker.pending.pop(message["id"], None)
                     if future is None or future.done():
@@ -259,6 +266,19 @@ class WorkerPool:
                 return
             except Exception as exc:
                 log.error("media worker restart failed worker=%s error=%s", worker.index, exc)
+
+    async def _watch_hung(self) -> None:
+        """A worker that stops sending its stats (stuck in a loop, deadlocked) is killed: it is
+        then restarted like one that died, and its meetings stop."""
+        while not self.closed:
+            await asyncio.sleep(self.hung_after / 3)
+            now = time.monotonic()
+            for worker in self.workers:
+                if worker.ready and now - worker.heard_at > self.hung_after and worker.pid is not None:
+                    log.error("media worker hung worker=%s pid=%s silent_s=%.0f: killed",
+                              worker.index, worker.pid, now - worker.heard_at)
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(worker.pid, signal.SIGKILL)
 
     def _background(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)

@@ -177,3 +177,30 @@ async def test_metrics_sum_workers_and_label_their_gauges(server):
         assert out >= 10
     finally:
         await meeting.close()
+
+
+async def test_a_hung_worker_is_killed_and_restarted(tmp_path):
+    """A worker that stops answering (SIGSTOP here; a stuck loop in life) is killed after
+    `hung_after` seconds of silence, its meetings stop, and it comes back."""
+    from control_api.workers import WorkerPool
+    from sfu.settings import MediaPlaneSettings
+
+    pool = WorkerPool(MediaPlaneSettings(), 1, hung_after=2.0)
+    server = await start_server(tmp_path, media_service=pool)
+    meeting = Meeting(server)
+    try:
+        await meeting.start()
+        worker = pool.workers[0]
+        pid = worker.pid
+        os.kill(pid, signal.SIGSTOP)
+        await meeting.member_events.wait("MEETING_STOPPED", timeout=15)
+
+        async def restarted() -> None:
+            while not (worker.ready and worker.pid != pid):
+                await asyncio.sleep(0.1)
+
+        await bounded(restarted(), 20)
+        assert pool.restarts == 1
+    finally:
+        await meeting.close()
+        await bounded(server.stop(), 20)
