@@ -220,6 +220,8 @@ class WorkerPool:
                     worker.take_stats(message["stats"])
         except channel.ChannelError as exc:
             log.error("media worker channel broken worker=%s error=%s", worker.index, exc)
+        except ConnectionError:
+            pass  # the worker died: said below, with its exit status
         except Exception:
             log.exception("media worker channel failed worker=%s", worker.index)
         await self._exited(worker)
