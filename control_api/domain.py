@@ -753,8 +753,15 @@ class MeetingService:
 
     async def run_media_events(self) -> None:
         """Read the media plane's events until cancelled (a task of the app)."""
-        async for event in self.media.events():
-            self.on_media_event(event)
+        while True:
+            try:
+                async for event in self.media.events():
+                    self.on_media_event(event)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a defect must not end the reading for good
+                log.exception("reading media events failed")
+            await asyncio.sleep(0.1)
 
     def on_media_event(self, event: MediaEvent) -> None:
         """Media-plane events, turned into websocket events (never raises)."""

@@ -133,7 +133,13 @@ class WorkerPool:
             raise MediaError(UNAVAILABLE, "the media plane is shut down")
         if self._started is None:
             self._started = asyncio.ensure_future(self._start_all())
-        await asyncio.shield(self._started)
+        started = self._started
+        try:
+            await asyncio.shield(started)
+        except RuntimeError:
+            if self._started is started:
+                self._started = None  # the next call tries again
+            raise
 
     async def _start_all(self) -> None:
         results = await asyncio.gather(*(self._spawn(w) for w in self.workers), return_exceptions=True)
@@ -184,7 +190,8 @@ class WorkerPool:
         except MediaError as exc:
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
-            raise RuntimeError(f"media worker {worker.index} did not start: {exc.message}") from None
+            why = "it exited while starting (its error is logged above)" if exc.code == WORKER_LOST else exc.message
+            raise RuntimeError(f"media worker {worker.index} did not start: {why}") from None
         worker.heard_at = time.monotonic()
         worker.ready = True
 
@@ -213,13 +220,15 @@ class WorkerPool:
                     worker.take_stats(message["stats"])
         except channel.ChannelError as exc:
             log.error("media worker channel broken worker=%s error=%s", worker.index, exc)
+        except ConnectionError:
+            pass  # the worker died: said below, with its exit status
         except Exception:
             log.exception("media worker channel failed worker=%s", worker.index)
         await self._exited(worker)
 
     async def _exited(self, worker: Worker) -> None:
         process = worker.process
-        worker.ready = False
+        was_ready, worker.ready = worker.ready, False
         if worker.writer is not None:
             with contextlib.suppress(Exception):
                 worker.writer.close()
@@ -236,8 +245,8 @@ class WorkerPool:
             if not future.done():
                 future.set_exception(MediaError(WORKER_LOST, "the media worker holding the meeting stopped"))
         worker.pending.clear()
-        if self.closed:
-            return
+        if self.closed or not was_ready:
+            return  # shut down, or it never started (whoever started it hears why)
         # The worker died: its meetings are lost, its counters kept, and it comes back.
         self._retired = MediaStats.merged([self._retired, retire(worker.snapshot)]).snapshot()
         worker.snapshot = {}
@@ -344,7 +353,10 @@ class WorkerPool:
         worker = self._pins.get(meeting_id)
         if worker is not None and worker.ready:
             return worker
-        await self.start()
+        try:
+            await self.start()
+        except RuntimeError as exc:
+            raise MediaError(UNAVAILABLE, str(exc)) from None
         worker = self._pins.get(meeting_id)  # pinned meanwhile
         if worker is not None and worker.ready:
             return worker

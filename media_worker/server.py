@@ -13,7 +13,7 @@ from typing import Any
 
 from recorder.meeting import MeetingRecording
 from sfu import channel
-from sfu.api import INTERNAL, MediaError, event_to_wire
+from sfu.api import INTERNAL, UNAVAILABLE, MediaError, event_to_wire
 from sfu.metrics import measure_loop_lag
 from sfu.peer import IceSettings, configure_ice
 from sfu.service import LocalMediaService
@@ -83,7 +83,13 @@ class WorkerServer:
 
     async def _call(self, method: str, a: dict[str, Any]) -> Any:
         if method == "start":
-            return self._start(a)
+            try:
+                return self._start(a)
+            except MediaError:
+                raise
+            except Exception as exc:  # e.g. the UDP port is taken: the operator reads this line
+                log.debug("worker start failed", exc_info=True)
+                raise MediaError(UNAVAILABLE, str(exc) or exc.__class__.__name__) from None
         service = self.service
         if service is None:
             raise MediaError(INTERNAL, "worker not started")

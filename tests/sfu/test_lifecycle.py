@@ -30,7 +30,7 @@ async def test_unpublish_ends_the_consumers_with_an_inactive_reoffer(media, even
     pub, sub, stream = await _watching(service, events)
     try:
         await bounded(service.unpublish(MEETING, "alice", "video"))
-        assert events.of(ProducerStateChanged, user_id="alice", active=False)
+        await events.wait(ProducerStateChanged, user_id="alice", active=False)
         await _inactive_reoffer(service, events, sub, stream.mid)
         await counts_become(service, consumers=0, producers=0, subscribers=1)
     finally:
@@ -43,7 +43,7 @@ async def test_publisher_leaving_mid_stream(media, events):
     pub, sub, stream = await _watching(service, events)
     try:
         await bounded(service.remove_participant(MEETING, "alice"))
-        assert events.of(ProducerStateChanged, user_id="alice", kind="video", active=False)
+        await events.wait(ProducerStateChanged, user_id="alice", kind="video", active=False)
         await _inactive_reoffer(service, events, sub, stream.mid)
         await eventually(lambda: pub.pc.connectionState == "closed")
         assert sub.pc.connectionState == "connected"
