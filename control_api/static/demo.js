@@ -734,10 +734,12 @@ function render() {
     const li = document.createElement("li");
     li.dataset.user = p.userId;
     if (S.talking.has(p.userId)) li.className = "talking";
-    li.append(dot(p.userId), span("who", nameOf(p.userId)));
+    const media = [p.audioStreamEnabled ? "mic on" : "muted", p.videoStreamEnabled && "camera",
+      p.screenStreamEnabled && "sharing"];
+    const who = span("who", "");
+    who.append(span("", nameOf(p.userId)), span("state", media.filter(Boolean).join(" · ")));
+    li.append(dot(p.userId), who);
     if (p.userType === "moderator") li.append(span("badge", "moderator"));
-    const media = [p.audioStreamEnabled ? "mic" : "muted", p.videoStreamEnabled && "cam", p.screenStreamEnabled && "screen"];
-    li.append(span("state", media.filter(Boolean).join(" · ")));
     if (inside && r === "owner" && p.userId !== S.userId && p.audioStreamEnabled) {
       const button = document.createElement("button");
       button.textContent = "Mute";
@@ -748,6 +750,7 @@ function render() {
     list.append(li);
   }
   $("participantCount").textContent = people.length ? String(people.length) : "";
+  $("participantsBox").hidden = !people.length;
   syncTiles();
 }
 

@@ -342,6 +342,7 @@ async def test_page_works_under_its_csp(server, browser):
     await alice.page.wait_for_selector("#create:not([disabled])")
     await alice.click("#create")
     await alice.page.wait_for_selector("#start:not([disabled])")
+    await alice.screenshot("lobby")
     await alice.click("#start")
     await alice.page.wait_for_selector("#join:not([disabled])")
     await alice.click("#join")
