@@ -214,11 +214,16 @@ class UnavailableMedia:
 
 def default_media(config: Config) -> MediaService:
     """The in-process media plane, configured from [media] and [recording]."""
-    from sfu.peer import IceSettings, configure_ice
+    from sfu.peer import IceSettings, bind_ice, configure_ice
 
     configure_ice(
-        IceSettings(addresses=config.media.ice_addresses, public_ip=config.media.public_ip or None)
+        IceSettings(
+            addresses=config.media.ice_addresses,
+            public_ip=config.media.public_ip or None,
+            udp_port=config.media.udp_port,
+        )
     )
+    bind_ice()  # a port in use stops start-up here, with one line naming [media] udp_port
     try:
         from sfu.service import LocalMediaService
     except ImportError as exc:

@@ -46,6 +46,7 @@ class RecordingSettings:
 class MediaSettings:
     ice_addresses: tuple[str, ...] = ("127.0.0.1",)
     public_ip: str = ""
+    udp_port: int = 0  # every peer connection's ICE/DTLS/SRTP on this one UDP port; 0: OS choice
     talking_level_dbov: int = 45
     talking_packets: int = 10
     silence_packets: int = 25

@@ -12,7 +12,7 @@ import importlib
 import logging
 from typing import Any
 
-from . import aiortc_hooks
+from . import aiortc_hooks, peer
 from .api import (
     MediaError,
     MediaEvent,
@@ -208,6 +208,7 @@ class LocalMediaService:
         meetings = list(self._routers) + [m for m in self._bridges if m not in self._routers]
         for meeting_id in meetings:
             await self.close_meeting(meeting_id)
+        peer.close_ice()  # the process's shared UDP sockets
 
     def counts(self) -> dict[str, int]:
         """Live objects: meetings, producers, subscribers (receive PCs), consumers."""
