@@ -64,7 +64,13 @@ async def serve(port_file: str) -> None:
                                 forwarded += consumer.packets
                                 retransmitted += consumer.retransmitted
                     received = sum(p.packets for p in router.producers.values()) if router else 0
-                    out = {"forwarded": forwarded, "received": received, "retransmitted": retransmitted}
+                    out = {
+                        "forwarded": forwarded,
+                        "received": received,
+                        "retransmitted": retransmitted,
+                        # shared UDP sockets: datagrams dropped (none are expected in a bench)
+                        "udp_dropped": sum(getattr(service.stats, "udp_datagrams_dropped", {}).values()),
+                    }
                 else:
                     out = {"error": f"unknown op {op}"}
             except Exception as exc:  # reported to the client, the bench server keeps going
@@ -282,6 +288,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "fps_mean": round(sum(fps) / len(fps), 2) if fps else None,
             "fps_min_decoded": round(min(fps[: args.full]), 2) if args.full else None,
             "retransmitted": stats1["retransmitted"] - stats0["retransmitted"],
+            "udp_dropped": stats1["udp_dropped"] - stats0["udp_dropped"],
         }
         if audio_pc is not None:
             await audio_pc.close()

@@ -66,7 +66,7 @@ def check_private_api() -> None:
     missing = [
         f"{_qualname(owner)}.{name} ({why})"
         for owner, name, why in _PRIVATE_NAMES
-        if not hasattr(owner, name)
+        if not _has(owner, name)
     ]
     try:
         from aiortc.rtcdtlstransport import RTCCertificate
@@ -95,6 +95,15 @@ def check_private_api() -> None:
             "meeting-sfu needs aiortc/aioice private names that this installation lacks; "
             "install the versions pinned in pyproject.toml. Missing: " + "; ".join(missing)
         )
+
+
+def _has(owner: Any, name: str) -> bool:
+    """Whether aiortc/aioice itself defines `name` on `owner` (a method inherited from asyncio's
+    base classes would not be the one the hooks rely on)."""
+    if not isinstance(owner, type):
+        return hasattr(owner, name)
+    package = owner.__module__.partition(".")[0]
+    return any(name in vars(k) for k in owner.__mro__ if k.__module__.partition(".")[0] == package)
 
 
 def _qualname(owner: Any) -> str:

@@ -341,3 +341,26 @@ async def test_server_pcs_share_the_socket_but_client_pcs_keep_their_own(service
         )
     finally:
         await pub.close()
+
+
+async def test_public_ip_is_written_with_the_shared_port(service, events):
+    peer.configure_ice(peer.IceSettings(addresses=("127.0.0.1",), public_ip="203.0.113.7"))
+    pub = Publisher()
+    try:
+        answer = await bounded(pub.publish(service, MEETING, "alice"))
+        port = shared_address()[1]
+        hosts = {line.split()[4] for line in answer.split("\r\n") if line.startswith("a=candidate:")}
+        assert hosts == {"203.0.113.7"} and candidate_ports(answer) == {port}
+    finally:
+        await pub.close()
+        peer.configure_ice(peer.IceSettings(addresses=("127.0.0.1",)))
+
+
+def test_drop_counters_are_exposed_by_reason():
+    from sfu.metrics import UDP_DROP_REASONS, MediaCollector, MediaStats
+
+    (family,) = [
+        f for f in MediaCollector(MediaStats()).collect() if f.name == "meeting_sfu_udp_datagrams_dropped"
+    ]
+    samples = {s.labels["reason"]: s.value for s in family.samples if s.name.endswith("_total")}
+    assert set(samples) == set(UDP_DROP_REASONS)
