@@ -68,6 +68,7 @@ def check_private_api() -> None:
         for owner, name, why in _PRIVATE_NAMES
         if not _has(owner, name)
     ]
+    missing += [f"{name} (replaced by meeting-sfu)" for name, v in _AIOICE_ORIGINALS.items() if v is None]
     try:
         from aiortc.rtcdtlstransport import RTCCertificate
         from aiortc.rtcicetransport import RTCIceGatherer, RTCIceTransport
@@ -151,8 +152,14 @@ def _live_sender_receiver_missing(dtls: RTCDtlsTransport) -> list[str]:
 
 # --- ICE: host addresses and the shared UDP sockets ------------------------------------------
 
-_AIOICE_HOST_ADDRESSES = aioice.ice.get_host_addresses
-_AIOICE_COMPONENT_CANDIDATES = aioice.ice.Connection.get_component_candidates
+# Taken at import, before any override: `check_private_api()` reports them if aioice lacks them
+# (the override itself would otherwise make them look present).
+_AIOICE_HOST_ADDRESSES = getattr(aioice.ice, "get_host_addresses", None)
+_AIOICE_COMPONENT_CANDIDATES = getattr(aioice.ice.Connection, "get_component_candidates", None)
+_AIOICE_ORIGINALS = {
+    "aioice.ice.get_host_addresses": _AIOICE_HOST_ADDRESSES,
+    "aioice.ice.Connection.get_component_candidates": _AIOICE_COMPONENT_CANDIDATES,
+}
 # Set only while a server PC gathers (sfu.peer.local_sdp): its connections then use the shared
 # sockets; client PCs of the same process (tests, the load generator) keep their own sockets.
 _shared_muxes: contextvars.ContextVar[Sequence[UdpMux] | None] = contextvars.ContextVar(
@@ -169,12 +176,15 @@ def set_host_addresses(lookup: Callable[[bool, bool], list[str]] | None) -> None
 
 def default_host_addresses() -> list[str]:
     """The addresses aioice itself would gather on (every interface but loopback)."""
+    if _AIOICE_HOST_ADDRESSES is None:  # check_private_api() reports it
+        return []
     return _AIOICE_HOST_ADDRESSES(use_ipv4=True, use_ipv6=True)
 
 
 def install_shared_ice() -> None:
     """Let connections gathering inside `shared_ice()` use the shared sockets (idempotent)."""
-    aioice.ice.Connection.get_component_candidates = _get_component_candidates
+    if _AIOICE_COMPONENT_CANDIDATES is not None:  # else check_private_api() stops start-up
+        aioice.ice.Connection.get_component_candidates = _get_component_candidates
 
 
 @contextlib.contextmanager
@@ -214,7 +224,7 @@ class _SharedTransport:
     abort = close
 
 
-class _SharedStunProtocol(aioice.ice.StunProtocol):
+class _SharedStunProtocol(getattr(aioice.ice, "StunProtocol", asyncio.DatagramProtocol)):  # type: ignore[misc]
     """One ICE connection's endpoint on a shared socket (see sfu.udp_mux.Endpoint)."""
 
     def __init__(self, connection: aioice.ice.Connection, mux: UdpMux, component: int) -> None:

@@ -329,8 +329,11 @@ class UdpMuxSet:
             starting.set_result(muxes)
         except BaseException as exc:
             self.close()
-            starting.set_exception(exc)
-            starting.exception()  # retrieved: the caller gets it raised
+            if isinstance(exc, asyncio.CancelledError):
+                starting.cancel()
+            else:
+                starting.set_exception(exc)
+                starting.exception()  # retrieved: the caller gets it raised
             raise
         finally:
             self._starting = None
