@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 RtpDataHandler = Callable[[bytes, int], Awaitable[None]]
 RtcpPacketHandler = Callable[[Any], Awaitable[None]]
 
+# aioice's per-socket STUN protocol (stands in as asyncio's base if gone: reported, not raised)
+_StunProtocol: Any = getattr(aioice.ice, "StunProtocol", asyncio.DatagramProtocol)
 # (owner, attribute, what we use it for); an owner is a class or a module
 _PRIVATE_NAMES: tuple[tuple[Any, str, str], ...] = (
     (RTCDtlsTransport, "_handle_rtp_data", "publisher ingress hook (decrypted RTP)"),
@@ -47,8 +49,8 @@ _PRIVATE_NAMES: tuple[tuple[Any, str, str], ...] = (
     (aioice.ice.Connection, "get_component_candidates", "server ICE on the shared UDP sockets"),
     (aioice.ice.Connection, "data_received", "DTLS/SRTP from a shared socket to its connection"),
     (aioice.ice, "StunProtocol", "a connection's endpoint on a shared socket"),
-    (aioice.ice.StunProtocol, "datagram_received", "STUN from a shared socket"),
-    (aioice.ice.StunProtocol, "send_stun", "learning a connection's remote addresses"),
+    (_StunProtocol, "datagram_received", "STUN from a shared socket"),
+    (_StunProtocol, "send_stun", "learning a connection's remote addresses"),
     (aioice.ice, "candidate_foundation", "host candidates on a shared socket"),
     (aioice.ice, "candidate_priority", "host candidates on a shared socket"),
     (aiortc.rtcpeerconnection, "find_common_codecs", "the publisher codec choice"),
@@ -224,7 +226,7 @@ class _SharedTransport:
     abort = close
 
 
-class _SharedStunProtocol(getattr(aioice.ice, "StunProtocol", asyncio.DatagramProtocol)):  # type: ignore[misc]
+class _SharedStunProtocol(_StunProtocol):
     """One ICE connection's endpoint on a shared socket (see sfu.udp_mux.Endpoint)."""
 
     def __init__(self, connection: aioice.ice.Connection, mux: UdpMux, component: int) -> None:
