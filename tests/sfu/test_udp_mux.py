@@ -61,6 +61,8 @@ def hostile_datagrams() -> list[bytes]:
     return [
         b"",
         b"\x00",
+        b"\x80",  # 1 byte of "RTP"
+        b"\x80\xc8",  # 2 bytes of "RTCP"
         request[:12],  # truncated STUN
         request,  # a STUN check for a ufrag nobody has
         bytes([0x80]) + os.urandom(1500),  # 1,501 bytes of "RTP": over pylibsrtp's limit
