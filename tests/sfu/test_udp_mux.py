@@ -7,6 +7,7 @@ import os
 import socket
 
 import aioice.stun
+import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack
 
@@ -366,3 +367,25 @@ def test_drop_counters_are_exposed_by_reason():
     ]
     samples = {s.labels["reason"]: s.value for s in family.samples if s.name.endswith("_total")}
     assert set(samples) == set(UDP_DROP_REASONS)
+
+
+async def test_ipv6_loopback_has_its_own_shared_socket(service, events):
+    probe = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    try:
+        probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    finally:
+        probe.close()
+    peer.configure_ice(peer.IceSettings(addresses=("::1",)))
+    pub = Publisher()
+    try:
+        answer = await bounded(pub.publish(service, MEETING, "alice"))
+        ((host, port),) = peer.ice_sockets().local_addresses()
+        assert host == "::1" and candidate_ports(answer) == {port}
+        await eventually(lambda: pub.pc.connectionState == "connected")
+        assert nominated_remote(pub.pc) == ("::1", port)
+    finally:
+        await pub.close()
+        await service.close()
+        peer.configure_ice(peer.IceSettings(addresses=("127.0.0.1",)))
