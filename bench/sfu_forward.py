@@ -66,6 +66,8 @@ async def serve(port_file: str) -> None:
                         "forwarded": stats.rtp_packets_out["video"],
                         "received": stats.rtp_packets_in["video"],
                         "retransmitted": stats.retransmissions,
+                        # shared UDP sockets: datagrams dropped (none are expected in a bench)
+                        "udp_dropped": sum(stats.udp_datagrams_dropped.values()),
                     }
                 else:
                     out = {"error": f"unknown op {op}"}
@@ -284,6 +286,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "fps_mean": round(sum(fps) / len(fps), 2) if fps else None,
             "fps_min_decoded": round(min(fps[: args.full]), 2) if args.full else None,
             "retransmitted": stats1["retransmitted"] - stats0["retransmitted"],
+            "udp_dropped": stats1["udp_dropped"] - stats0["udp_dropped"],
         }
         if audio_pc is not None:
             await audio_pc.close()

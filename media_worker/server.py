@@ -15,7 +15,7 @@ from recorder.meeting import MeetingRecording
 from sfu import channel
 from sfu.api import INTERNAL, UNAVAILABLE, MediaError, event_to_wire
 from sfu.metrics import measure_loop_lag
-from sfu.peer import IceSettings, configure_ice
+from sfu.peer import IceSettings, bind_ice, configure_ice, start_ice
 from sfu.service import LocalMediaService
 from sfu.settings import MediaPlaneSettings
 
@@ -84,7 +84,7 @@ class WorkerServer:
     async def _call(self, method: str, a: dict[str, Any]) -> Any:
         if method == "start":
             try:
-                return self._start(a)
+                return await self._start(a)
             except MediaError:
                 raise
             except Exception as exc:  # e.g. the UDP port is taken: the operator reads this line
@@ -125,18 +125,27 @@ class WorkerServer:
             return service.snapshot()
         raise MediaError(INTERNAL, f"unknown method {method!r}")
 
-    def _start(self, a: dict[str, Any]) -> dict[str, Any]:
+    async def _start(self, a: dict[str, Any]) -> dict[str, Any]:
         if self.service is not None:
             raise MediaError(INTERNAL, "worker already started")
         settings = MediaPlaneSettings.from_wire(a["settings"])
         _setup_logging(str(a.get("log_level") or "info"), str(a.get("log_format") or "keyvalue"))
-        configure_ice(IceSettings(addresses=settings.ice_addresses, public_ip=settings.public_ip or None))
+        configure_ice(
+            IceSettings(
+                addresses=settings.ice_addresses, public_ip=settings.public_ip or None, udp_port=settings.udp_port
+            )
+        )
+        bind_ice()  # a taken [media] udp_port is refused here, in one line
+        sockets = await start_ice()
         self.service = LocalMediaService(settings, recorder_factory=MeetingRecording)
         self._spawn(self._pump_events())
         self._spawn(self._send_stats())
         self._spawn(measure_loop_lag(self.service.stats))
-        log.info("media worker ready worker=%s pid=%s", self.index, os.getpid())
-        return {"pid": os.getpid()}
+        log.info(
+            "media worker ready worker=%s pid=%s udp=%s",
+            self.index, os.getpid(), ",".join(f"{a}:{p}" for a, p in sockets),
+        )
+        return {"pid": os.getpid(), "udp": [list(s) for s in sockets]}
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)

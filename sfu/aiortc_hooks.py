@@ -11,18 +11,31 @@ start-up that the pinned aiortc/aioice still have every name (see pyproject.toml
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from typing import Any
+import contextlib
+import contextvars
+import secrets
+import string
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import aioice.ice
+import aioice.stun
+import aiortc.codecs
+import aiortc.rtcpeerconnection
+from aioice import Candidate
 from aiortc import RTCDtlsTransport, RTCRtpReceiver, RTCRtpSender
 from aiortc.mediastreams import MediaStreamTrack
-from aiortc.rtcrtpparameters import RTCRtpSendParameters
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters, RTCRtpSendParameters
+
+if TYPE_CHECKING:
+    from .udp_mux import UdpMux
 
 RtpDataHandler = Callable[[bytes, int], Awaitable[None]]
 RtcpPacketHandler = Callable[[Any], Awaitable[None]]
 
-# (owner, attribute, what we use it for)
+# aioice's per-socket STUN protocol (stands in as asyncio's base if gone: reported, not raised)
+_StunProtocol: Any = getattr(aioice.ice, "StunProtocol", asyncio.DatagramProtocol)
+# (owner, attribute, what we use it for); an owner is a class or a module
 _PRIVATE_NAMES: tuple[tuple[Any, str, str], ...] = (
     (RTCDtlsTransport, "_handle_rtp_data", "publisher ingress hook (decrypted RTP)"),
     (RTCDtlsTransport, "_handle_rtcp_data", "RTCP dispatch"),
@@ -32,21 +45,32 @@ _PRIVATE_NAMES: tuple[tuple[Any, str, str], ...] = (
     (RTCRtpSender, "_handle_rtcp_packet", "subscriber NACK/PLI/FIR/REMB/RR"),
     (RTCRtpSender, "_send_rtcp", "sender reports towards a subscriber"),
     (aioice.ice.Connection, "send", "ICE data path"),
+    (aioice.ice, "get_host_addresses", "host candidates on the configured addresses only"),
+    (aioice.ice.Connection, "get_component_candidates", "server ICE on the shared UDP sockets"),
+    (aioice.ice.Connection, "data_received", "DTLS/SRTP from a shared socket to its connection"),
+    (aioice.ice, "StunProtocol", "a connection's endpoint on a shared socket"),
+    (_StunProtocol, "datagram_received", "STUN from a shared socket"),
+    (_StunProtocol, "send_stun", "learning a connection's remote addresses"),
+    (aioice.ice, "candidate_foundation", "host candidates on a shared socket"),
+    (aioice.ice, "candidate_priority", "host candidates on a shared socket"),
+    (aiortc.rtcpeerconnection, "find_common_codecs", "the publisher codec choice"),
+    (aiortc.codecs, "CODECS", "the publisher codec choice"),
 )
 # Instance attributes, checked on live objects by `check_private_api()`.
 _DTLS_ATTRIBUTES = ("_tx_srtp", "_rx_srtp", "_rtp_router")
 _RECEIVER_ATTRIBUTES = ("_RTCRtpReceiver__jitter_buffer", "_RTCRtpReceiver__rtcp_ssrc")
 _SENDER_ATTRIBUTES = ("_ssrc", "_rtx_ssrc", "_stream_id")
-_CONNECTION_ATTRIBUTES = ("_nominated",)
+_CONNECTION_ATTRIBUTES = ("_nominated", "_protocols", "_local_username")
 
 
 def check_private_api() -> None:
     """Raise RuntimeError naming every private aiortc/aioice attribute that is missing."""
     missing = [
-        f"{owner.__module__}.{owner.__name__}.{name} ({why})"
+        f"{_qualname(owner)}.{name} ({why})"
         for owner, name, why in _PRIVATE_NAMES
-        if not hasattr(owner, name)
+        if not _has(owner, name)
     ]
+    missing += [f"{name} (replaced by meeting-sfu)" for name, v in _AIOICE_ORIGINALS.items() if v is None]
     try:
         from aiortc.rtcdtlstransport import RTCCertificate
         from aiortc.rtcicetransport import RTCIceGatherer, RTCIceTransport
@@ -76,6 +100,32 @@ def check_private_api() -> None:
         )
 
 
+def _has(owner: Any, name: str) -> bool:
+    """Whether aiortc/aioice itself defines `name` on `owner` (a method inherited from asyncio's
+    base classes would not be the one the hooks rely on)."""
+    if not isinstance(owner, type):
+        return hasattr(owner, name)
+    package = owner.__module__.partition(".")[0]
+    return any(name in vars(k) for k in owner.__mro__ if k.__module__.partition(".")[0] == package)
+
+
+def _qualname(owner: Any) -> str:
+    if isinstance(owner, type):
+        return f"{owner.__module__}.{owner.__name__}"
+    return owner.__name__  # a module
+
+
+def private_names() -> list[str]:
+    """Every private name `check_private_api()` checks (the hooks use exactly these)."""
+    names = [f"{_qualname(owner)}.{name}" for owner, name, _ in _PRIVATE_NAMES]
+    names += ["aiortc.RTCIceTransport._connection"]
+    names += [f"aioice.Connection.{a}" for a in _CONNECTION_ATTRIBUTES]
+    names += [f"aiortc.RTCDtlsTransport.{a}" for a in _DTLS_ATTRIBUTES]
+    names += [f"aiortc.RTCRtpSender.{a}" for a in _SENDER_ATTRIBUTES]
+    names += [f"aiortc.RTCRtpReceiver.{a}" for a in _RECEIVER_ATTRIBUTES]
+    return names
+
+
 def _live_sender_receiver_missing(dtls: RTCDtlsTransport) -> list[str]:
     missing: list[str] = []
     try:
@@ -100,6 +150,138 @@ def _live_sender_receiver_missing(dtls: RTCDtlsTransport) -> list[str]:
         f"aiortc.RTCRtpReceiver.{a}" for a in _RECEIVER_ATTRIBUTES if not hasattr(receiver, a)
     ]
     return missing
+
+
+# --- ICE: host addresses and the shared UDP sockets ------------------------------------------
+
+# Taken at import, before any override: `check_private_api()` reports them if aioice lacks them
+# (the override itself would otherwise make them look present).
+_AIOICE_HOST_ADDRESSES = getattr(aioice.ice, "get_host_addresses", None)
+_AIOICE_COMPONENT_CANDIDATES = getattr(aioice.ice.Connection, "get_component_candidates", None)
+_AIOICE_ORIGINALS = {
+    "aioice.ice.get_host_addresses": _AIOICE_HOST_ADDRESSES,
+    "aioice.ice.Connection.get_component_candidates": _AIOICE_COMPONENT_CANDIDATES,
+}
+# Set only while a server PC gathers (sfu.peer.local_sdp): its connections then use the shared
+# sockets; client PCs of the same process (tests, the load generator) keep their own sockets.
+_shared_muxes: contextvars.ContextVar[Sequence[UdpMux] | None] = contextvars.ContextVar(
+    "meeting_sfu_shared_muxes", default=None
+)
+_UFRAG_CHARS = string.ascii_letters + string.digits
+
+
+def set_host_addresses(lookup: Callable[[bool, bool], list[str]] | None) -> None:
+    """Replace aioice's host address lookup (process-wide; aioice has no per-connection
+    option); None restores aioice's own."""
+    aioice.ice.get_host_addresses = lookup or _AIOICE_HOST_ADDRESSES
+
+
+def default_host_addresses() -> list[str]:
+    """The addresses aioice itself would gather on (every interface but loopback)."""
+    if _AIOICE_HOST_ADDRESSES is None:  # check_private_api() reports it
+        return []
+    return _AIOICE_HOST_ADDRESSES(use_ipv4=True, use_ipv6=True)
+
+
+def install_shared_ice() -> None:
+    """Let connections gathering inside `shared_ice()` use the shared sockets (idempotent)."""
+    if _AIOICE_COMPONENT_CANDIDATES is not None:  # else check_private_api() stops start-up
+        aioice.ice.Connection.get_component_candidates = _get_component_candidates
+
+
+@contextlib.contextmanager
+def shared_ice(muxes: Sequence[UdpMux]) -> Iterator[None]:
+    """ICE connections gathering in this context (and tasks it starts) use `muxes`."""
+    token = _shared_muxes.set(muxes)
+    try:
+        yield
+    finally:
+        _shared_muxes.reset(token)
+
+
+class _SharedTransport:
+    """A StunProtocol's transport on a shared socket: `sendto` IS the socket's own (the fast
+    send path stays one call), `close()` detaches the connection from the mux only."""
+
+    __slots__ = ("sendto", "_mux", "_protocol", "_closing")
+
+    def __init__(self, mux: UdpMux, protocol: _SharedStunProtocol) -> None:
+        self.sendto = mux.sendto
+        self._mux = mux
+        self._protocol = protocol
+        self._closing = False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._mux.address if name == "sockname" else default
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        if not self._closing:
+            self._closing = True
+            self._mux.detach(self._protocol)
+            self._protocol.connection_lost(None)
+
+    abort = close
+
+
+class _SharedStunProtocol(_StunProtocol):
+    """One ICE connection's endpoint on a shared socket (see sfu.udp_mux.Endpoint)."""
+
+    def __init__(self, connection: aioice.ice.Connection, mux: UdpMux, component: int) -> None:
+        super().__init__(connection)
+        self.deliver = connection.data_received
+        self.component = component
+        self._mux = mux
+
+    def send_stun(self, message: aioice.stun.Message, addr: tuple[str, int]) -> None:
+        # A check we send (or a consent request) expects its answer from `addr`; a success
+        # answer means `addr` proved it knows this connection's password.
+        kind = message.message_class
+        if kind == aioice.stun.Class.REQUEST:
+            self._mux.learn(addr, self, verified=False)
+        elif kind == aioice.stun.Class.RESPONSE:
+            self._mux.learn(addr, self, verified=True)
+        super().send_stun(message, addr)
+
+
+async def _get_component_candidates(
+    self: aioice.ice.Connection, component: int, addresses: list[str], timeout: int = 5
+) -> list[Candidate]:
+    muxes = _shared_muxes.get()
+    if muxes is None:
+        return await _AIOICE_COMPONENT_CANDIDATES(self, component, addresses, timeout)
+    # The ufrag is what finds this connection on the shared sockets: it must be unique there.
+    # Gathering runs before aiortc writes the SDP, so a new one is what the SDP will carry.
+    while any(mux.ufrag_taken(self.local_username) for mux in muxes):
+        self._local_username = "".join(secrets.choice(_UFRAG_CHARS) for _ in range(8))
+    candidates = []
+    for mux in muxes:
+        protocol = _SharedStunProtocol(self, mux, component)
+        protocol.connection_made(_SharedTransport(mux, protocol))  # type: ignore[arg-type]
+        host, port = mux.address
+        protocol.local_candidate = Candidate(
+            foundation=aioice.ice.candidate_foundation("host", "udp", host),
+            component=component,
+            transport="udp",
+            priority=aioice.ice.candidate_priority(component, "host"),
+            host=host,
+            port=port,
+            type="host",
+        )
+        mux.attach(self.local_username, protocol)
+        self._protocols.append(protocol)
+        candidates.append(protocol.local_candidate)
+    return candidates
+
+
+# --- codecs ----------------------------------------------------------------------------------
+
+
+def common_video_codecs(offered: list[RTCRtpCodecParameters]) -> list[RTCRtpCodecParameters]:
+    """The offered video codecs aiortc supports, in the offer's order and payload types."""
+    return aiortc.rtcpeerconnection.find_common_codecs(aiortc.codecs.CODECS["video"], offered)
 
 
 # --- publisher side --------------------------------------------------------------------------
@@ -247,15 +429,21 @@ __all__ = [
     "IdleTrack",
     "SendPath",
     "check_private_api",
+    "common_video_codecs",
+    "default_host_addresses",
     "disable_reassembly",
     "hook_receiver_rtcp",
     "hook_rtp_ingress",
     "hook_sender_reports",
     "hook_sender_rtcp",
     "hook_sender_start",
+    "install_shared_ice",
+    "private_names",
     "receiver_rtcp_ssrc",
     "send_path",
     "send_pli",
     "send_rtcp",
+    "set_host_addresses",
     "set_stream_id",
+    "shared_ice",
 ]

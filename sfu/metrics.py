@@ -20,6 +20,17 @@ from .api import StatsReport
 
 KINDS = ("video", "screen", "audio")
 PC_STATES = ("new", "connecting", "connected", "disconnected", "failed", "closed")
+# Why the shared UDP sockets (sfu.udp_mux) dropped a datagram instead of handing it to ICE.
+UDP_DROP_REASONS = (
+    "empty",  # zero bytes
+    "malformed",  # truncated or garbled STUN, or a first byte outside the RFC 7983 ranges
+    "too_long",  # SRTP/SRTCP longer than the SRTP library accepts (1,500 bytes)
+    "unknown_ufrag",  # a STUN request naming no connection of this process
+    "unknown_address",  # anything else from an address no connection has verified or checked
+)
+# The process has one set of shared sockets, so one set of counters; every MediaStats of the
+# process shows it (plain ints, like the rest).
+UDP_DATAGRAMS_DROPPED: dict[str, int] = dict.fromkeys(UDP_DROP_REASONS, 0)
 
 
 class Histogram:
@@ -71,6 +82,7 @@ class MediaStats:
         self.firs_received = 0
         self.keyframe_requests_sent = 0  # PLIs sent to publishers (after throttling)
         self.recorder_bytes = 0
+        self.udp_datagrams_dropped = UDP_DATAGRAMS_DROPPED  # by reason, see UDP_DROP_REASONS
         self.rtt_seconds = Histogram((0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0))
         self.jitter_seconds = Histogram((0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1))
         self.forwarding_seconds = Histogram(
@@ -107,6 +119,9 @@ class MediaStats:
         """The sum of several snapshots (workers' counters, the retired ones included), as a
         MediaStats that collectors read like a live one. Unknown names are ignored."""
         total = cls()
+        for name, value in vars(total).items():  # never add into a process-wide dict
+            if isinstance(value, dict):
+                setattr(total, name, dict.fromkeys(value, 0))
         for snap in snapshots:
             for name, value in snap.items():
                 current = getattr(total, name, None)
@@ -206,6 +221,14 @@ class MediaCollector(Collector):
             ("meeting_sfu_recorder_bytes", "Bytes of media written by recordings", s.recorder_bytes),
         ):
             yield CounterMetricFamily(name, doc, value=value)
+        dropped = CounterMetricFamily(
+            "meeting_sfu_udp_datagrams_dropped",
+            "Datagrams dropped by the shared media UDP sockets, by reason",
+            labels=["reason"],
+        )
+        for reason in UDP_DROP_REASONS:
+            dropped.add_metric([reason], s.udp_datagrams_dropped[reason])
+        yield dropped
         yield s.rtt_seconds.family(
             "meeting_sfu_rtt_seconds", "Round-trip time from RTCP receiver reports"
         )

@@ -3,6 +3,10 @@
 One place decides how the server's RTCPeerConnections gather ICE candidates: host candidates on
 the configured addresses only (127.0.0.1 included, which aioice skips on its own), no STUN server
 (aiortc would otherwise ask a public one), and the 1:1 NAT address written into the SDP.
+
+Every server PC of the process sends and receives on the same sockets, one per ICE address and
+all on `udp_port` (sfu.udp_mux): a firewall opens that one port whatever the number of PCs.
+Client PCs made in the same process (tests, the load generator) keep their own sockets.
 """
 
 from __future__ import annotations
@@ -10,18 +14,23 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-import aioice.ice
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCBundlePolicy, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+
+from . import aiortc_hooks as hooks
+from .udp_mux import UdpMuxSet
 
 
 @dataclass(frozen=True)
 class IceSettings:
     addresses: tuple[str, ...] = ("127.0.0.1",)
     public_ip: str | None = None
+    udp_port: int = 0  # the shared sockets' port; 0: the OS chooses
 
 
 _settings = IceSettings()
-_original_get_host_addresses = aioice.ice.get_host_addresses
+_sockets = UdpMuxSet()
+_sockets.configure(_settings.addresses, _settings.udp_port)
+hooks.install_shared_ice()  # only connections gathering inside `local_sdp` are affected
 
 
 def _configured_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
@@ -34,26 +43,54 @@ def _configured_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
 
 
 def configure_ice(settings: IceSettings) -> None:
-    """Make every RTCPeerConnection of this process gather on `settings.addresses`.
+    """Make every RTCPeerConnection of this process gather on `settings.addresses`, and the
+    server's ones share one UDP socket per address on `settings.udp_port`.
 
-    aioice has no per-connection option for this, so its module-level address lookup is
-    replaced (process-wide). An empty address list restores aioice's own choice.
+    Call it once per process, in its event loop or before it; the sockets are bound by
+    `bind_ice()`, or at the latest when the first server PC gathers, and closed by `close_ice()`.
+    aioice has no per-connection option for the addresses, so its module-level address lookup
+    is replaced (process-wide). An empty address list restores aioice's own choice.
     """
     global _settings
+    if not 0 <= settings.udp_port <= 65535:
+        raise RuntimeError(f"the media UDP port ([media] udp_port) must be 0..65535, not {settings.udp_port}")
     _settings = settings
-    if settings.addresses:
-        aioice.ice.get_host_addresses = _configured_host_addresses
-    else:
-        aioice.ice.get_host_addresses = _original_get_host_addresses
+    hooks.set_host_addresses(_configured_host_addresses if settings.addresses else None)
+    addresses = settings.addresses or tuple(hooks.default_host_addresses())
+    _sockets.configure(addresses, settings.udp_port)
 
 
 def ice_settings() -> IceSettings:
     return _settings
 
 
+def bind_ice() -> list[tuple[str, int]]:
+    """Bind the shared sockets now and return their (address, port): a port already in use
+    is a RuntimeError naming `[media] udp_port` before anything else starts."""
+    return _sockets.bind()
+
+
+async def start_ice() -> list[tuple[str, int]]:
+    """Open the shared sockets on the running event loop (done by the first server PC too)."""
+    return [mux.address for mux in await _sockets.start()]
+
+
+def close_ice() -> None:
+    """Close the shared sockets (the service's close); a later server PC opens them again."""
+    _sockets.close()
+
+
+def ice_sockets() -> UdpMuxSet:
+    """The process's shared sockets (stats and tests look at their tables)."""
+    return _sockets
+
+
 def create_peer_connection() -> RTCPeerConnection:
-    """A server-side PC: no STUN/TURN servers, candidates per `configure_ice`."""
-    return RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    """A server-side PC: no STUN/TURN servers, candidates per `configure_ice`, and one ICE
+    transport for every m-line (max-bundle), so one ufrag names one connection."""
+    return RTCPeerConnection(
+        RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
+    )
 
 
 _CANDIDATE = re.compile(r"^(a=candidate:\S+ \d+ \S+ \d+ )(\S+)( \d+ typ host.*)$")
@@ -77,7 +114,9 @@ def rewrite_public_ip(sdp: str, public_ip: str | None) -> str:
 async def local_sdp(pc: RTCPeerConnection, description: RTCSessionDescription) -> str:
     """Set the local description and return the complete SDP (aiortc gathers every candidate
     before `setLocalDescription` returns, so no trickle channel is needed)."""
-    await pc.setLocalDescription(description)
+    muxes = await _sockets.start()
+    with hooks.shared_ice(muxes):
+        await pc.setLocalDescription(description)
     return rewrite_public_ip(pc.localDescription.sdp, _settings.public_ip)
 
 
@@ -102,10 +141,14 @@ def parse_session_description(sdp: str, type_: str) -> RTCSessionDescription:
 
 __all__ = [
     "IceSettings",
+    "bind_ice",
+    "close_ice",
     "configure_ice",
     "create_peer_connection",
     "ice_settings",
+    "ice_sockets",
     "local_sdp",
     "parse_session_description",
     "rewrite_public_ip",
+    "start_ice",
 ]

@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from aiortc import RTCPeerConnection, RTCRtpTransceiver
-from aiortc.codecs import CODECS
-from aiortc.rtcpeerconnection import find_common_codecs
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 from aiortc.rtp import RtcpSrPacket
 from aiortc.sdp import SessionDescription
@@ -71,7 +69,7 @@ def choose_codec(offer: SessionDescription) -> tuple[int, CodecChoice]:
             continue
         if media.port == 0:
             continue
-        common = find_common_codecs(CODECS["video"], media.rtp.codecs)
+        common = hooks.common_video_codecs(media.rtp.codecs)
         base = [c for c in common if c.mimeType.lower() != "video/rtx"]
         if not base:
             offered = sorted({c.mimeType for c in media.rtp.codecs})

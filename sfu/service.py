@@ -13,7 +13,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
-from . import aiortc_hooks
+from . import aiortc_hooks, peer
 from .api import (
     BAD_KIND,
     NO_OFFER,
@@ -228,6 +228,7 @@ class LocalMediaService:
         meetings = list(self._routers) + [m for m in self._bridges if m not in self._routers]
         for meeting_id in meetings:
             await self.close_meeting(meeting_id)
+        peer.close_ice()  # the process's shared UDP sockets
 
     def counts(self) -> dict[str, int]:
         """Live objects: meetings, producers, subscribers (receive PCs), consumers, audio PCs."""
