@@ -78,6 +78,7 @@ class Worker:
         self.reader_task: asyncio.Task[None] | None = None
         self.exited = asyncio.Event()
         self.heard_at = time.monotonic()  # last message from the worker
+        self.stopping = False  # asked to shut down: its exit is no death
 
     @property
     def pid(self) -> int | None:
@@ -174,6 +175,7 @@ class WorkerPool:
         worker.process, worker.writer = process, writer
         worker.pending.clear()
         worker.snapshot = {}
+        worker.stopping = False
         worker.exited = asyncio.Event()
         worker.reader_task = asyncio.create_task(self._read(worker, reader))
         try:
@@ -245,7 +247,7 @@ class WorkerPool:
             if not future.done():
                 future.set_exception(MediaError(WORKER_LOST, "the media worker holding the meeting stopped"))
         worker.pending.clear()
-        if self.closed or not was_ready:
+        if self.closed or worker.stopping or not was_ready:
             return  # shut down, or it never started (whoever started it hears why)
         # The worker died: its meetings are lost, its counters kept, and it comes back.
         self._retired = MediaStats.merged([self._retired, retire(worker.snapshot)]).snapshot()
@@ -308,6 +310,7 @@ class WorkerPool:
 
     async def _stop_workers(self) -> None:
         async def stop(worker: Worker) -> None:
+            worker.stopping = True
             process = worker.process
             if process is None or process.returncode is not None:
                 return

@@ -138,11 +138,14 @@ async def test_serve_holds_one_udp_socket_per_ice_address_on_the_configured_port
     try:
         url = f"http://127.0.0.1:{http_port}"
         await _wait_health(url, proc)
-        workers = _children(proc.pid)
-        assert len(workers) == 2
         expected = sorted((a, p) for a in ADDRESSES for p in (udp_port, udp_port + 1))
+        for _ in range(300):  # HTTP answers first; the workers bind while it does
+            workers = _children(proc.pid)
+            if len(workers) == 2 and udp_sockets(workers) == expected:
+                break
+            await asyncio.sleep(0.1)
+        assert udp_sockets(workers) == expected, (tmp_path / "serve.log").read_text()[-2000:]
         assert udp_sockets({proc.pid}) == []  # the control plane holds no media socket
-        assert udp_sockets(workers) == expected
         async with aiohttp.ClientSession() as http:
             api = Remote(url, http)
             subscribers = []
@@ -231,7 +234,7 @@ def test_serve_refuses_to_start_on_a_udp_port_in_use(tmp_path):
     port = taken.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if not k.startswith("MEETING_SFU_")}
     env.update(
-        MEETING_SFU_SERVER_PORT="0",
+        MEETING_SFU_SERVER_PORT=str(_free_port(socket.SOCK_STREAM)),
         MEETING_SFU_STORAGE_DATA_DIR=str(tmp_path / "data"),
         MEETING_SFU_MEDIA_UDP_PORT=str(port),
     )
@@ -246,3 +249,4 @@ def test_serve_refuses_to_start_on_a_udp_port_in_use(tmp_path):
     (line,) = [x for x in proc.stderr.splitlines() if "cannot start" in x]
     assert "[media] udp_port" in line and f"127.0.0.1:{port}" in line
     assert "Traceback" not in proc.stderr
+    assert "died" not in proc.stderr  # the other workers were shut down, not lost and restarted

@@ -360,10 +360,12 @@ async def test_public_ip_is_written_with_the_shared_port(service, events):
 
 
 def test_drop_counters_are_exposed_by_reason():
+    from sfu.api import StatsReport
     from sfu.metrics import UDP_DROP_REASONS, MediaCollector, MediaStats
 
+    report = StatsReport(workers={"0": MediaStats().snapshot()})
     (family,) = [
-        f for f in MediaCollector(MediaStats()).collect() if f.name == "meeting_sfu_udp_datagrams_dropped"
+        f for f in MediaCollector(lambda: report).collect() if f.name == "meeting_sfu_udp_datagrams_dropped"
     ]
     samples = {s.labels["reason"]: s.value for s in family.samples if s.name.endswith("_total")}
     assert set(samples) == set(UDP_DROP_REASONS)
