@@ -109,6 +109,10 @@ def test_token_never_creates_a_secret_and_says_where_it_looked(tmp_path, monkeyp
         assert main(["token", "--user", uid, *args]) == 0
         assert check.verify(capsys.readouterr().out.strip()).user_id == uid
     assert not (tmp_path / "data").exists()
+    # A secret file that cannot be read is one line too, not a traceback.
+    (tmp_path / "odd" / "jwt_secret").mkdir(parents=True)
+    assert main(["token", "--user", uid, "--data-dir", str(tmp_path / "odd")]) == 2
+    assert "cannot read" in capsys.readouterr().err
 
 
 def _help(*argv: str) -> str:
