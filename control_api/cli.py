@@ -121,9 +121,13 @@ def _user(value: str) -> str:
 def _token(args: argparse.Namespace) -> int:
     config = _load(args)
     # Never a new secret here: one the server does not know would mint tokens it answers 401 to.
-    secret = config.auth.jwt_secret or read_secret_file(config.data_path)
+    where = (config.data_path / "jwt_secret").absolute()
+    try:
+        secret = config.auth.jwt_secret or read_secret_file(config.data_path)
+    except OSError as exc:
+        print(f"meeting-sfu token: cannot read {where}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     if not secret:
-        where = (config.data_path / "jwt_secret").absolute()
         print(
             f"meeting-sfu token: no JWT secret: [auth] jwt_secret is empty and {where} does not exist"
             " (the server creates it at its first start); point at the server's configuration with"

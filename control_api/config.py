@@ -1,6 +1,9 @@
 """Settings: embedded defaults, an optional TOML file, then MEETING_SFU_<SECTION>_<KEY> variables.
 
-Every key is documented in config.example.toml; what is not set keeps its default here.
+Every key is documented in config.example.toml; what is not set keeps its default here. A key is
+one line of its section's dataclass: its type, and in `Annotated[...]` the values it allows
+(`Between`, `OneOf`) or `PATH` (relative to the file that sets it). File and variables are checked
+against it; an error names the key and the file, or the variable.
 """
 
 from __future__ import annotations

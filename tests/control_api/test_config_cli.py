@@ -109,6 +109,10 @@ def test_token_never_creates_a_secret_and_says_where_it_looked(tmp_path, monkeyp
         assert main(["token", "--user", uid, *args]) == 0
         assert check.verify(capsys.readouterr().out.strip()).user_id == uid
     assert not (tmp_path / "data").exists()
+    # A secret file that cannot be read is one line too, not a traceback.
+    (tmp_path / "odd" / "jwt_secret").mkdir(parents=True)
+    assert main(["token", "--user", uid, "--data-dir", str(tmp_path / "odd")]) == 2
+    assert "cannot read" in capsys.readouterr().err
 
 
 def _help(*argv: str) -> str:
@@ -152,6 +156,9 @@ def test_json_logs_carry_the_message_and_each_field_as_keys():
 
 
 def test_ice_and_webrtc_chatter_is_kept_at_debug():
+    root = logging.getLogger()
+    names = ("aioice", "aiortc", "aiohttp.access")
+    saved = (root.handlers[:], root.level, {n: logging.getLogger(n).level for n in names})
     try:
         setup_logging("info", "keyvalue")
         for name in ("aioice.ice", "aiortc.rtcpeerconnection", "aiortc.rtcdtlstransport"):
@@ -161,8 +168,9 @@ def test_ice_and_webrtc_chatter_is_kept_at_debug():
         setup_logging("debug", "keyvalue")
         assert logging.getLogger("aioice.ice").isEnabledFor(logging.DEBUG)
     finally:
-        setup_logging("warning", "keyvalue")
-        logging.getLogger().handlers[:] = []
+        root.handlers[:], root.level = saved[0], saved[1]
+        for name, level in saved[2].items():
+            logging.getLogger(name).setLevel(level)
 
 
 def test_setup_recreates_a_venv_made_by_an_unsuitable_interpreter(tmp_path):

@@ -110,3 +110,25 @@ async def test_every_metric_the_dashboard_uses_is_exposed_by_a_running_server(tm
         await sub.close()
         await pub.close()
         await bounded(server.stop(), 15)
+
+
+async def test_a_socket_closed_for_falling_behind_is_counted(tmp_path):
+    from .support import started_meeting, user
+
+    # One event of room: two pushed in the same tick (a stop: LEFT, then STOPPED) overflow it.
+    server = await start_server(tmp_path, meetings={"max_events_queue": 1})
+    try:
+        room = new_id()
+        olga = await user(server, {room: "owner"})
+        meeting = await started_meeting(olga, room)
+        await olga.join(meeting["id"])
+        await olga.ws.wait("MEETING_PARTICIPANT_JOINED")
+        assert (await olga.call("POST", f"/meetings/{meeting['id']}/stop"))[0] == 200
+        await bounded(olga.ws._reader, 5)  # the server closes the socket
+        assert olga.ws.ws.close_code == 1008
+        async with server.http.get(server.url + "/metrics") as r:
+            text = await r.text()
+        samples = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+        assert samples["meeting_sfu_websocket_overflows_total"] == 1
+    finally:
+        await bounded(server.stop(), 15)

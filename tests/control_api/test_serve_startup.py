@@ -89,6 +89,11 @@ def _data_dir_cannot_be_created(tmp_path, stack):
     return {"MEETING_SFU_STORAGE_DATA_DIR": "ro/data"}, ["[storage] data_dir", "ro/data", "cannot be created"]
 
 
+def _recording_dir_is_a_file(tmp_path, stack):
+    (tmp_path / "recordings").write_text("")
+    return {"MEETING_SFU_RECORDING_DIR": str(tmp_path / "recordings")}, ["[recording] dir", "not a directory"]
+
+
 def _database_immutable(tmp_path, stack):
     (tmp_path / "data").mkdir()
     db = tmp_path / "data" / "meeting-sfu.sqlite3"
@@ -128,6 +133,7 @@ def _bad_boolean(tmp_path, stack):
         _data_dir_is_a_file,
         _data_dir_immutable,
         _data_dir_cannot_be_created,
+        _recording_dir_is_a_file,
         _database_immutable,
         _database_not_sqlite,
         _unknown_log_level,
