@@ -131,17 +131,19 @@ class _Part:
             log.error("recording part failed path=%s error=%s", self.path, exc)
 
     def close(self, quiet: bool = False) -> None:
+        """Close the part; `quiet`: its failures are expected (the disk is full) and not news."""
+        level = logging.DEBUG if quiet else logging.ERROR
         if self._container is not None:
             try:
                 self._container.close()
             except (av.error.FFmpegError, OSError) as exc:
-                (log.debug if quiet else log.error)("recording part close failed path=%s error=%s", self.path, exc)
+                log.log(level, "recording part close failed path=%s error=%s", self.path, exc)
             self._container = None
         if self._file is not None:
             try:
                 self._file.close()
             except OSError as exc:
-                (log.debug if quiet else log.error)("recording part close failed path=%s error=%s", self.path, exc)
+                log.log(level, "recording part close failed path=%s error=%s", self.path, exc)
             self._file = None
 
 
@@ -223,7 +225,7 @@ class Recording:
         and the merge at the stop makes the recording's file of it."""
         self.disk_full = True
         log.error("recording ended: disk full work_dir=%s error=%s", self.work_dir, exc)
-        self.close(quiet=True)
+        self.close()
 
     def end_track(self, track_id: str) -> None:
         """A producer ended: its part is closed (a restart becomes a new track)."""
@@ -235,10 +237,10 @@ class Recording:
             # keep it in _parts under a retired key so finalize still merges it
             self._parts[f"{track_id}#ended{self._count}"] = self._parts.pop(track_id)
 
-    def close(self, quiet: bool = False) -> None:
+    def close(self) -> None:
         self.closed = True
         for part in self._parts.values():
-            part.close(quiet or self.disk_full)
+            part.close(quiet=self.disk_full)
         self._depacketizers.clear()
         self._keyframe_requests.clear()
 
@@ -326,6 +328,7 @@ def _merge(sources: list, final_path: Path) -> int:
     fd, tmp_name = tempfile.mkstemp(prefix=".merge-", suffix=".mkv.partial", dir=final_path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    tmp.chmod(0o644)  # mkstemp's 0600 would make the recording unreadable to its readers
     try:
         _write(sources, tmp)
     except BaseException:
