@@ -203,14 +203,21 @@ async def events(request: web.Request) -> web.StreamResponse:
     session = hub.open(queue_id, principal.user_id, principal.grants)
     metrics = request.app[METRICS]
 
+    async def cut() -> None:
+        # Bounded: a client that reads nothing would hold the close (and the socket) for ever.
+        try:
+            await asyncio.wait_for(ws.close(code=1008, message=b"event queue overflow"), 5)
+        except TimeoutError:
+            if request.transport is not None:
+                request.transport.abort()  # close() would wait for the unsent bytes to drain
+
     def overflow() -> None:
         metrics.websocket_overflows.inc()
         log.warning("events socket too slow, closing queue=%s", queue_id)
         hub.close(session)
         # Leave at once: the close handshake with a client that does not read can take long.
         asyncio.ensure_future(_domain(request).socket_closed(queue_id))
-        # Bounded: a client that reads nothing would hold the close (and the socket) for ever.
-        asyncio.ensure_future(asyncio.wait_for(ws.close(code=1008, message=b"event queue overflow"), 5))
+        asyncio.ensure_future(cut())
 
     session.on_overflow = overflow
     session.push({"type": "websocketConnected", "queueId": queue_id})

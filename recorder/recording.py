@@ -9,6 +9,7 @@ crash) muxes every part into one file, one track per part, on the recording's co
 
 from __future__ import annotations
 
+import errno
 import heapq
 import json
 import logging
@@ -18,6 +19,7 @@ import time
 from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
+from typing import BinaryIO
 
 import av
 
@@ -28,6 +30,15 @@ log = logging.getLogger("meeting_sfu.recorder")
 MS = Fraction(1, 1000)
 PART_OPTIONS = {"live": "1", "cluster_time_limit": "500", "flush_packets": "1"}
 MAX_TRACKS = 64
+
+
+# Where a part's bytes go: None is FFmpeg's own file I/O on the path (unbuffered per packet
+# with flush_packets). A stand-in disk for tests (slow, full) is a callable path -> binary file.
+open_part_file: Callable[[Path], BinaryIO] | None = None
+
+
+class DiskFull(Exception):
+    """The file system holding the parts is full (ENOSPC): the recording ends there."""
 
 
 def opus_head(channels: int = 2, pre_skip: int = 312, rate: int = 48000) -> bytes:
@@ -46,6 +57,7 @@ class _Part:
         self.title = title
         self._recording_start = start
         self._container: av.container.OutputContainer | None = None
+        self._file: BinaryIO | None = None
         self._stream = None
         self._first_ts: int | None = None
         self._ts_base_ms = 0
@@ -58,11 +70,14 @@ class _Part:
 
     def _open(self, frame: Frame) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        target: str | BinaryIO = str(self.path)
+        if open_part_file is not None:
+            target = self._file = open_part_file(self.path)
         if self.codec == "h264":
             # Matroska wants H.264 parameter sets up front; MPEG-TS carries them in-band.
-            container = av.open(str(self.path), "w", format="mpegts", container_options={"flush_packets": "1"})
+            container = av.open(target, "w", format="mpegts", container_options={"flush_packets": "1"})
         else:
-            container = av.open(str(self.path), "w", format="matroska", container_options=PART_OPTIONS)
+            container = av.open(target, "w", format="matroska", container_options=PART_OPTIONS)
         container.metadata["title"] = self.title
         if self.codec == "opus":
             stream = container.add_mux_stream("opus", rate=48000)
@@ -111,15 +126,25 @@ class _Part:
             self.bytes += len(frame.data)
         except (av.error.FFmpegError, OSError, ValueError) as exc:
             self.failed = True
+            if getattr(exc, "errno", None) == errno.ENOSPC:
+                raise DiskFull(str(exc)) from None
             log.error("recording part failed path=%s error=%s", self.path, exc)
 
-    def close(self) -> None:
+    def close(self, quiet: bool = False) -> None:
+        """Close the part; `quiet`: its failures are expected (the disk is full) and not news."""
+        level = logging.DEBUG if quiet else logging.ERROR
         if self._container is not None:
             try:
                 self._container.close()
             except (av.error.FFmpegError, OSError) as exc:
-                log.error("recording part close failed path=%s error=%s", self.path, exc)
+                log.log(level, "recording part close failed path=%s error=%s", self.path, exc)
             self._container = None
+        if self._file is not None:
+            try:
+                self._file.close()
+            except OSError as exc:
+                log.log(level, "recording part close failed path=%s error=%s", self.path, exc)
+            self._file = None
 
 
 class Recording:
@@ -134,6 +159,7 @@ class Recording:
         self._keyframe_requests: dict[str, Callable[[], None]] = {}
         self._count = 0
         self.closed = False
+        self.disk_full = False
         self.bytes_written = 0
 
     def _part(self, track_id: str, codec: str, clock_rate: int, title: str) -> _Part | None:
@@ -172,7 +198,11 @@ class Recording:
         if view is None:
             return
         for frame in dep.push(view):
-            part.write(frame)
+            try:
+                part.write(frame)
+            except DiskFull as exc:
+                self._end_disk_full(exc)
+                return
             self.bytes_written += len(frame.data)
         if dep.needs_keyframe:
             self._keyframe_requests[track_id]()
@@ -183,8 +213,19 @@ class Recording:
             return
         part = self._part(track_id, "opus", 48000, title)
         if part is not None:
-            part.write(Frame(payload, timestamp, True))
+            try:
+                part.write(Frame(payload, timestamp, True))
+            except DiskFull as exc:
+                self._end_disk_full(exc)
+                return
             self.bytes_written += len(payload)
+
+    def _end_disk_full(self, exc: DiskFull) -> None:
+        """No room left: stop here. What the parts hold (flushed per packet) stays playable,
+        and the merge at the stop makes the recording's file of it."""
+        self.disk_full = True
+        log.error("recording ended: disk full work_dir=%s error=%s", self.work_dir, exc)
+        self.close()
 
     def end_track(self, track_id: str) -> None:
         """A producer ended: its part is closed (a restart becomes a new track)."""
@@ -199,7 +240,7 @@ class Recording:
     def close(self) -> None:
         self.closed = True
         for part in self._parts.values():
-            part.close()
+            part.close(quiet=self.disk_full)
         self._depacketizers.clear()
         self._keyframe_requests.clear()
 
@@ -287,6 +328,7 @@ def _merge(sources: list, final_path: Path) -> int:
     fd, tmp_name = tempfile.mkstemp(prefix=".merge-", suffix=".mkv.partial", dir=final_path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    tmp.chmod(0o644)  # mkstemp's 0600 would make the recording unreadable to its readers
     try:
         _write(sources, tmp)
     except BaseException:
