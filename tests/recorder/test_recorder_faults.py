@@ -22,7 +22,9 @@ import pytest
 
 import recorder.meeting
 import recorder.recording
-from control_api.keys import MEDIA_STATS
+from control_api.keys import MEDIA
+from recorder.meeting import MeetingRecording
+from sfu.service import LocalMediaService
 from tests.helpers import new_id, start_server
 from tests.recorder.test_meeting_recording import _join, _meeting, _publish
 from tests.sfu.clients import Publisher, Subscriber, bounded
@@ -107,9 +109,15 @@ async def _meeting_with_subscriber(server):
     return alice_token, meeting_id, pub, sub, mid
 
 
+def _in_process_media() -> LocalMediaService:
+    """The disk faults are injected in this process: the media plane runs in it too (the worker
+    pool runs the very same recorder in its worker processes)."""
+    return LocalMediaService(recorder_factory=MeetingRecording)
+
+
 @pytest.fixture
 async def server(tmp_path):
-    handle = await start_server(tmp_path)
+    handle = await start_server(tmp_path, media_service=_in_process_media())
     try:
         yield handle
     finally:
@@ -120,7 +128,7 @@ async def test_slow_disk_drops_recorded_frames_not_forwarded_ones(server, monkey
     monkeypatch.setattr(recorder.recording, "open_part_file", lambda path: _SlowFile(path, "wb"))
     monkeypatch.setattr(recorder.meeting, "MAX_QUEUE", 64)
     monkeypatch.setattr(_SlowFile, "slow", True)
-    stats = server.app[MEDIA_STATS]
+    stats = server.app[MEDIA].stats
     token, meeting_id, pub, sub, mid = await _meeting_with_subscriber(server)
     try:
         await sub.wait_frames(mid, 15)
@@ -169,7 +177,7 @@ async def test_full_disk_ends_the_recording_playable_and_media_goes_on(tmp_path,
     else:
         monkeypatch.setattr(recorder.recording, "open_part_file", lambda path: _FullAfter(path, "wb"))
         monkeypatch.setattr(_FullAfter, "room", 80_000)
-    server = await start_server(tmp_path)
+    server = await start_server(tmp_path, media_service=_in_process_media())
     try:
         token, meeting_id, pub, sub, mid = await _meeting_with_subscriber(server)
         try:
