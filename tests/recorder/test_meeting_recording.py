@@ -162,6 +162,7 @@ async def test_two_publishers_one_late_recorded_into_one_file(server):
     try:
         await _publish(server, alice_token, alice_events, meeting_id, alice_pub)
         await _talk(server, alice_token, alice_events, meeting_id, alice_mic)
+        recording_since = time.monotonic()
         status, _ = await server.call("POST", f"/meetings/{meeting_id}/startRecording", alice_token)
         assert status == 204
         started = await bob_events.wait("MEETING_RECORDING_STARTED")
@@ -199,6 +200,8 @@ async def test_two_publishers_one_late_recorded_into_one_file(server):
             {"name": "weekly", "folderId": "team"},
         )
         assert status == 204
+        # Recorded for 3.5 s of sleeps plus Bob's set-up (longer on a loaded machine).
+        recorded_for = time.monotonic() - recording_since
         alice_sent = alice_pub.track.count
         bob_sent = bob_pub.track.count - bob_first
         stopped = await bob_events.wait("MEETING_RECORDING_STOPPED")
@@ -216,14 +219,14 @@ async def test_two_publishers_one_late_recorded_into_one_file(server):
     assert set(streams) == {f"{alice}/video", f"{bob}/video", "audio mix"}
     mix = streams["audio mix"]
     assert mix["codec"] == "opus"
-    assert 3.0 <= mix["duration"] <= 4.2 and mix["packets"] >= 0.8 * 50 * mix["duration"]
+    assert 3.0 <= mix["duration"] <= recorded_for + 0.1 and mix["packets"] >= 0.8 * 50 * mix["duration"]
     _assert_tones(final, early={440.0}, late={440.0, 700.0})
     a, b = streams[f"{alice}/video"], streams[f"{bob}/video"]
     assert a["codec"] == "vp8" and b["codec"] == "h264"
     # Alice recorded for ~3.5 s from a keyframe on; Bob for ~2 s, starting ~1.5 s in.
     assert 0.75 * 3.5 * 30 <= a["packets"] <= alice_sent
     assert 0.6 * bob_sent <= b["packets"] <= bob_sent + 2
-    assert 2.8 <= a["duration"] <= 4.2 and 1.4 <= b["duration"] <= 2.6
+    assert 2.8 <= a["duration"] <= recorded_for + 0.1 and 1.4 <= b["duration"] <= 2.6
     assert 1.0 <= b["start"] - a["start"] <= 2.5
     # Frames decode, show what was sent, in order.
     good_a = [c for c in a["counters"] if 0 <= c <= alice_sent]
