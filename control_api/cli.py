@@ -86,14 +86,14 @@ async def _run(app, config: Config) -> None:  # noqa: ANN001
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
+        try:  # the media workers run before the node answers: a first join does not wait for them
+            await app[MEDIA].start()
+        except RuntimeError as exc:
+            raise StartupError(str(exc)) from None
         try:
             await web.TCPSite(runner, host, port).start()
         except OSError as exc:
             raise bind_error(host, port, exc) from None
-        try:  # the media workers run before "serving": a first join does not wait for them
-            await app[MEDIA].start()
-        except RuntimeError as exc:
-            raise StartupError(str(exc)) from None
         url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
         demo = f" demo={url}/demo" if config.demo.enabled else ""
         log.info("serving url=%s%s data_dir=%s", url, demo, config.data_path.absolute())
