@@ -90,9 +90,8 @@ async def _run(app, host: str, port: int) -> None:  # noqa: ANN001
     """Serve until SIGINT or SIGTERM, then shut down cleanly (sockets, media, store)."""
     from aiohttp import web
 
-    from .runner import AppRunner
-
     from .keys import MEDIA
+    from .runner import AppRunner
 
     runner = AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()

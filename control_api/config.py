@@ -57,6 +57,8 @@ class MediaSettings:
     talking_level_dbov: int = _AUDIO.talking_level_dbov
     talking_packets: int = _AUDIO.talking_packets
     silence_packets: int = _AUDIO.silence_packets
+    max_video_bitrate: int = 2_500_000  # bits/s: REMB cap towards video publishers
+    max_screen_bitrate: int = 2_500_000  # bits/s: REMB cap towards screen publishers
 
     def __post_init__(self) -> None:
         for key, low, high in (
@@ -65,6 +67,8 @@ class MediaSettings:
             ("talking_level_dbov", 0, 127),
             ("talking_packets", 1, 3000),
             ("silence_packets", 1, 3000),
+            ("max_video_bitrate", 50_000, 100_000_000),
+            ("max_screen_bitrate", 50_000, 100_000_000),
         ):
             value = getattr(self, key)
             if not low <= value <= high:
@@ -79,7 +83,12 @@ class MediaSettings:
             silence_packets=self.silence_packets,
         )
         return MediaPlaneSettings(
-            ice_addresses=self.ice_addresses, public_ip=self.public_ip, udp_port=self.udp_port, audio=audio
+            ice_addresses=self.ice_addresses,
+            public_ip=self.public_ip,
+            udp_port=self.udp_port,
+            audio=audio,
+            max_video_bitrate=self.max_video_bitrate,
+            max_screen_bitrate=self.max_screen_bitrate,
         )
 
 

@@ -19,6 +19,7 @@ from prometheus_client.registry import Collector
 from .api import StatsReport
 
 KINDS = ("video", "screen", "audio")
+LAYERS = ("0", "1", "2")  # simulcast layer ranks
 PC_STATES = ("new", "connecting", "connected", "disconnected", "failed", "closed")
 
 
@@ -79,6 +80,12 @@ class MediaStats:
             (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05)
         )
         self.loop_lag_seconds = Histogram((0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0))
+        # simulcast (DESIGN §6.1): layers by rank, lowest "0"
+        self.layer_switches = 0  # a subscriber moved to another layer (on its keyframe)
+        self.layer_packets_in: dict[str, int] = dict.fromkeys(LAYERS, 0)
+        self.subscriber_estimate_bps = Histogram(
+            (100_000, 250_000, 500_000, 1_000_000, 2_000_000, 4_000_000, 8_000_000)
+        )
 
     def pc_state_changed(self, old: str | None, new: str | None) -> None:
         if old in self.peer_connections:
@@ -200,6 +207,23 @@ class MediaCollector(Collector):
             ("meeting_sfu_recorder_bytes", "Bytes of media written by recordings", s.recorder_bytes),
         ):
             yield CounterMetricFamily(name, doc, value=value)
+        layers = CounterMetricFamily(
+            "meeting_sfu_simulcast_packets_in",
+            "RTP packets received on simulcast layers, by rank (0: lowest)",
+            labels=["layer"],
+        )
+        for layer in LAYERS:
+            layers.add_metric([layer], s.layer_packets_in.get(layer, 0))
+        yield layers
+        yield CounterMetricFamily(
+            "meeting_sfu_simulcast_layer_switches",
+            "Subscribers moved to another simulcast layer",
+            value=s.layer_switches,
+        )
+        yield s.subscriber_estimate_bps.family(
+            "meeting_sfu_subscriber_estimate_bits_per_second",
+            "Subscribers' bandwidth estimates (REMB) as received",
+        )
         yield s.rtt_seconds.family(
             "meeting_sfu_rtt_seconds", "Round-trip time from RTCP receiver reports"
         )
