@@ -265,3 +265,48 @@ async def test_seven_bit_publishers_get_fifteen_bit_picture_ids(pid_bits):
             c.set_target(layer(p, "q"))
     pids = [vp8.parse(x["payload"]).picture_id for x in out]
     assert pids == [(pids[0] + i) & 0x7FFF for i in range(len(pids))]
+
+
+async def test_the_recorder_gets_the_highest_layer_as_one_stream():
+    p = make_producer()
+    taps = []
+    p._taps.append(lambda pid, kind, mime, pt, clock, data: taps.append(parse_out(data)))
+    pub = Publisher(p)
+    pub.tick(keyframes=("q", "h"), only=("q", "h"))  # f not sent yet: h is the highest
+    pub.tick(only=("q", "h"))
+    n = len(taps)
+    pub.tick(only=("q", "h"))
+    assert len(taps) == n + 2  # one layer only: h's two packets per frame
+    pub.tick(keyframes=("f",))  # f appears: the recording moves up on its keyframe
+    pub.tick()
+    widths = [vp8.parse(x["payload"]).width for x in taps if vp8.parse(x["payload"]).keyframe]
+    assert widths[-2:] == [640, 1280]  # (q's first keyframe came before h was known)
+    assert len({x["ssrc"] for x in taps}) == 1
+    seqs = [x["seq"] for x in taps]
+    assert all((b - a) & 0xFFFF == 1 for a, b in zip(seqs, seqs[1:], strict=False))
+
+
+async def test_simulcast_metrics_are_exposed():
+    from prometheus_client.core import CollectorRegistry
+    from prometheus_client.exposition import generate_latest
+
+    from sfu.api import StatsReport
+    from sfu.metrics import MediaCollector
+
+    stats = MediaStats()
+    p = make_producer(stats)
+    pub = Publisher(p)
+    pub.tick(keyframes=SIZES)
+    c, _ = make_consumer(p)
+    pub.tick(keyframes=("q",))
+    c.set_target(layer(p, "h"))
+    pub.tick(keyframes=("h",))
+    stats.subscriber_estimate_bps.observe(700_000)
+    registry = CollectorRegistry()
+    registry.register(MediaCollector(lambda: StatsReport(workers={"0": stats.snapshot()})))
+    text = generate_latest(registry).decode()
+    assert stats.layer_packets_in["2"] > 0
+    for rank, n in stats.layer_packets_in.items():
+        assert f'meeting_sfu_simulcast_packets_in_total{{layer="{rank}"}} {float(n)}' in text
+    assert "meeting_sfu_simulcast_layer_switches_total 1.0" in text
+    assert 'meeting_sfu_subscriber_estimate_bits_per_second_bucket{le="1000000"} 1.0' in text
