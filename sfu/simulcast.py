@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -44,6 +45,7 @@ RATE_SECONDS = 1.0  # layer bitrates are measured over windows of this length
 MIN_LAYER_BITRATE = 30_000  # bits/s: a layer never costs less than this in a budget
 MAX_TS_JUMP_SECONDS = 5.0  # an SR-aligned timestamp further ahead than this is not trusted
 _HISTORY_MASK = HISTORY_SIZE - 1
+_VP8_FULL = struct.Struct("!BBHBB")  # VP8 descriptor: X=1; I, L and T/K; 15-bit picture id
 
 
 def read_extension(data: bytes, ext_id: int) -> bytes | None:
@@ -498,16 +500,23 @@ class SimulcastConsumer(Consumer):
             return 0  # older than the keyframe we switched on: the decoder never needs it
         oseq = (seq + self.seq_off) & 0xFFFF
         ots = (ts + self.ts_off) & 0xFFFFFFFF
-        if desc is not None and desc.picture_id >= 0:
-            pid = (desc.picture_id + self.pid_off) & 0x7FFF
-            tl0 = (desc.tl0 + self.tl0_off) & 0xFF if desc.tl0 >= 0 else -1
-            if self.max_pid < 0 or vp8.pid_newer(pid, self.max_pid):
-                self.max_pid = pid
-            if tl0 >= 0 and (self.max_tl0 < 0 or ((tl0 - self.max_tl0) & 0xFF) < 0x80):
-                self.max_tl0 = tl0
-            head = vp8.build(desc, pid, tl0)
-        elif desc is not None:
-            head = vp8.build(desc, 0, desc.tl0)
+        pid = tl0 = -1
+        if desc is not None:
+            # Descriptor fields by index (a NamedTuple's names cost an attribute lookup each).
+            pid_in = desc[2]
+            if pid_in >= 0:
+                pid = (pid_in + self.pid_off) & 0x7FFF
+                tl0_in = desc[4]
+                tk = desc[5]
+                if tl0_in >= 0 and tk >= 0:  # what browsers send: one pack
+                    tl0 = (tl0_in + self.tl0_off) & 0xFF
+                    head = _VP8_FULL.pack(desc[1] | 0x80, 0xC0 | desc[6], 0x8000 | pid, tl0, tk)
+                else:
+                    if tl0_in >= 0:
+                        tl0 = (tl0_in + self.tl0_off) & 0xFF
+                    head = vp8.build(desc, pid, tl0)
+            else:
+                head = vp8.build(desc, 0, desc[4])
         else:
             head = b""
         header = HEADER.pack(0x80 | self.x_bit | (b0 & 0x20), (b1 & 0x80) | self.pt, oseq, ots, self.ssrc)
@@ -522,6 +531,10 @@ class SimulcastConsumer(Consumer):
             self.max_ts = ots
             self.last_time = now
             self.last_marker = bool(b1 & 0x80)
+            if pid >= 0:
+                self.max_pid = pid  # the newest packet's picture id (ids grow with sequence)
+            if tl0 >= 0:
+                self.max_tl0 = tl0
         self.packets += 1
         size = len(head) + len(body)
         self.octets += size
