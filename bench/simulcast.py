@@ -82,7 +82,9 @@ def _consumers(producer: Any, n: int, simulcast: bool) -> tuple[list[Any], list[
     out.setblocking(False)
     consumers = []
     for i in range(n):
-        policy = Policy(key=os.urandom(30), ssrc_type=Policy.SSRC_ANY_OUTBOUND, srtp_profile=Policy.SRTP_PROFILE_AES128_CM_SHA1_80)
+        policy = Policy(
+            key=os.urandom(30), ssrc_type=Policy.SSRC_ANY_OUTBOUND, srtp_profile=Policy.SRTP_PROFILE_AES128_CM_SHA1_80
+        )
         session = Session(policy=policy)
         cls = SimulcastConsumer if simulcast else Consumer
         consumer = cls(producer, f"s{i}", StreamState())
@@ -306,11 +308,14 @@ def main() -> None:
     parser.add_argument("--subscribers", type=int, default=20)
     parser.add_argument("--seconds", type=int, default=20, help="seconds of synthetic video (--cpu)")
     parser.add_argument("--drops", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=3, help="runs of --cpu; the least disturbed one counts")
     args = parser.parse_args()
     if not (args.cpu or args.switch):
         args.cpu = True
     if args.cpu:
-        rows = asyncio.run(measure_cpu(args.subscribers, args.seconds))
+        runs = [asyncio.run(measure_cpu(args.subscribers, args.seconds)) for _ in range(max(1, args.repeat))]
+        # The machine is shared: per kind of publisher, the run with the least CPU per packet.
+        rows = [min((run[i] for run in runs), key=lambda r: r["us_per_forwarded"]) for i in range(len(runs[0]))]
         print("| publisher | subscribers | packets in | packets out | CPU/pkt in (us) | CPU/pkt out (us) |")
         print("| --- | --- | --- | --- | --- | --- |")
         for r in rows:
