@@ -42,7 +42,8 @@ def _sections(sdp: str) -> list[list[str]]:
 
 def parse_simulcast(sdp: str, media_index: int) -> SimulcastOffer | None:
     """The simulcast offer of m-section `media_index` (0-based), or None when it sends one
-    encoding (no `a=simulcast:send`, or fewer than two usable rids)."""
+    encoding (no `a=simulcast:send`, fewer than two usable rids, or no rid header extension: the
+    browser then falls back to its first encoding)."""
     sections = _sections(sdp)
     if media_index + 1 >= len(sections):
         return None
@@ -80,8 +81,8 @@ def parse_simulcast(sdp: str, media_index: int) -> SimulcastOffer | None:
         if rid in send_rids and rid not in rids and len(rids) < MAX_LAYERS:
             rids.append(rid)
             kept.append(first)
-    if len(rids) < 2:
-        return None
+    if len(rids) < 2 or RID_URI not in ids:
+        return None  # (without the rid extension the layers' SSRCs could not be told apart)
     return SimulcastOffer(
         mid=mid,
         rids=tuple(rids),

@@ -61,6 +61,7 @@ def test_one_encoding_is_not_simulcast():
     assert parse_simulcast(single, 0) is None
     assert parse_simulcast(OFFER.replace("a=simulcast:send q;~h;f\r\n", ""), 0) is None
     assert parse_simulcast(OFFER, 3) is None
+    assert parse_simulcast(OFFER.replace(f"a=extmap:10 {RID_URI}\r\n", ""), 0) is None  # no rid: no binding
 
 
 def test_undeclared_rids_alternatives_and_extra_layers_are_left_out():
