@@ -310,3 +310,39 @@ async def test_simulcast_metrics_are_exposed():
         assert f'meeting_sfu_simulcast_packets_in_total{{layer="{rank}"}} {float(n)}' in text
     assert "meeting_sfu_simulcast_layer_switches_total 1.0" in text
     assert 'meeting_sfu_subscriber_estimate_bits_per_second_bucket{le="1000000"} 1.0' in text
+
+
+async def test_h264_layers_switch_on_an_idr_with_continuous_sequence_and_timestamps():
+    from .synthetic_rtp import h264_payload
+
+    codec = CodecChoice("video/H264", 90000, PT, RTX_PT, (("packetization-mode", 1),))
+    offer = SimulcastOffer("0", ("q", "h"), "q;h", RID_EXT, REPAIRED_RID_EXT)
+    p = SimulcastProducer("m", "pub", "video", codec, [], on_active=lambda p: None,
+                          on_peer_lost=lambda p: None, offer=offer)
+    c, out = make_consumer(p)
+    seq = {"q": 100, "h": 40000}
+
+    def frame(rid, n, key):
+        first = h264_payload("stap-sps") if key else h264_payload("non-idr")
+        for i, payload in enumerate((first, h264_payload("fu-idr-middle"))):
+            p.on_rtp(rtp(PT, seq[rid], TS_BASE[rid] + n * 3000, SSRCS[rid], payload, marker=i == 1, rid=rid))
+            seq[rid] += 1
+
+    for n in range(3):
+        frame("q", n, n == 0)
+        frame("h", n, False)
+    c.set_target(layer(p, "q"))
+    frame("q", 3, True)
+    frame("q", 4, False)
+    c.set_target(layer(p, "h"))
+    frame("h", 4, False)  # not an IDR: q goes on
+    frame("q", 5, False)
+    frame("h", 5, True)
+    frame("h", 6, False)
+    assert c.current is layer(p, "h") and c.switches == 1
+    assert len(out) == 2 * 5
+    assert {x["ssrc"] for x in out} == {OUT_SSRC}
+    assert all((b["seq"] - a["seq"]) & 0xFFFF == 1 for a, b in zip(out, out[1:], strict=False))
+    ts = [x["ts"] for x in out]
+    assert all(0 <= (b - a) & 0xFFFFFFFF <= 3000 for a, b in zip(ts, ts[1:], strict=False))
+    assert out[6]["payload"] == h264_payload("stap-sps")  # payload untouched
