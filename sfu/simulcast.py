@@ -45,6 +45,7 @@ RATE_SECONDS = 1.0  # layer bitrates are measured over windows of this length
 MIN_LAYER_BITRATE = 30_000  # bits/s: a layer never costs less than this in a budget
 MAX_TS_JUMP_SECONDS = 5.0  # an SR-aligned timestamp further ahead than this is not trusted
 _HISTORY_MASK = HISTORY_SIZE - 1
+SWITCH_WINDOW = 100  # packets after a switch during which older ones are dropped
 _VP8_FULL = struct.Struct("!BBHBB")  # VP8 descriptor: X=1; I, L and T/K; 15-bit picture id
 
 
@@ -295,7 +296,9 @@ class SimulcastProducer(Producer):
         self.by_ssrc[ssrc] = layer
         if layer.ssrc >= 0 and layer.rtx_ssrc >= 0 and self.receiver is not None:
             hooks.map_rtx_ssrc(self.receiver, layer.rtx_ssrc, layer.ssrc)
-        log.info("simulcast layer bound user=%s rid=%s ssrc=%d rtx=%s", self.user_id, layer.rid, ssrc, rtx)
+        (log.info if old < 0 else log.debug)(  # a publisher cycling SSRCs must not flood the log
+            "simulcast layer bound user=%s rid=%s ssrc=%d rtx=%s", self.user_id, layer.rid, ssrc, rtx
+        )
         return layer
 
     def _update_layers(self, now: float) -> None:
@@ -435,7 +438,7 @@ class SimulcastConsumer(Consumer):
         self.target: Layer | None = None
         self.demand = StreamDemand()
         self.quality = quality
-        self.switch_seq = 0
+        self.switch_seq = -1
         self.last_marker = True
         self.pid_off = 0
         self.tl0_off = 0
@@ -496,8 +499,15 @@ class SimulcastConsumer(Consumer):
                     self.producer.request_keyframe(layer)  # type: ignore[call-arg]
                 return 0
             self._switch(layer, seq, ts, desc, now)
-        elif ((seq - self.switch_seq) & 0xFFFF) >= 0x8000:
-            return 0  # older than the keyframe we switched on: the decoder never needs it
+        elif self.switch_seq >= 0:
+            # Right after a switch, a late packet from before the keyframe is dropped (the decoder
+            # never needs it); once the layer is well past the keyframe the check stops, or a
+            # long run on one layer would wrap into it.
+            since = (seq - self.switch_seq) & 0xFFFF
+            if since >= 0x8000:
+                return 0
+            if since > SWITCH_WINDOW:
+                self.switch_seq = -1
         oseq = (seq + self.seq_off) & 0xFFFF
         ots = (ts + self.ts_off) & 0xFFFFFFFF
         pid = tl0 = -1

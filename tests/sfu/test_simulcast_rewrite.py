@@ -346,3 +346,17 @@ async def test_h264_layers_switch_on_an_idr_with_continuous_sequence_and_timesta
     ts = [x["ts"] for x in out]
     assert all(0 <= (b - a) & 0xFFFFFFFF <= 3000 for a, b in zip(ts, ts[1:], strict=False))
     assert out[6]["payload"] == h264_payload("stap-sps")  # payload untouched
+
+
+async def test_a_long_run_on_one_layer_is_never_cut():
+    # 40,000 packets after the switch: the sequence numbers wrap past the keyframe's half-way
+    # point, which must not read as "older than the keyframe".
+    p = make_producer()
+    c, out = make_consumer(p)
+    c.set_target(layer(p, "q"))
+    payload = vp8_payload(1, 1, keyframe=True)
+    p.on_rtp(rtp(PT, 0, 0, SSRCS["q"], payload, marker=True, rid="q"))
+    plain = vp8_payload(2, 2)
+    for n in range(1, 40_000):
+        p.on_rtp(rtp(PT, n, n * 3000, SSRCS["q"], plain, marker=True))
+    assert len(out) == 40_000
