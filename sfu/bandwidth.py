@@ -81,19 +81,21 @@ class SubscriberBudget:
             value = int(value * (1 - 0.5 * self.loss))
         return value
 
-    def allocate(self, streams: list[StreamDemand], now: float) -> None:
-        """Choose each switchable stream's target layer (see module docstring)."""
+    def allocate(self, streams: list[StreamDemand], now: float) -> tuple[int, int | None]:
+        """Choose each switchable stream's target layer (see module docstring). Returns what the
+        targets cost (bits/s, fixed streams included) and the smallest step up that the budget
+        does not cover (None when every stream is at its top): what a probe has to find."""
         budget = self.budget(now)
         switchable = [s for s in streams if s.switchable and s.bitrates]
         if not switchable:
-            return
+            return 0, None
         if budget is None:
             # No estimate yet: start at the lowest layer, keep what was chosen before.
             for s in switchable:
                 top = _top(s)
                 s.target = 0 if s.target is None else min(s.target, top)
                 s.up_since = None
-            return
+            return _missing(streams, None)
         left = budget - sum(s.bitrates[0] for s in streams if not s.switchable and s.bitrates)
         levels = dict.fromkeys(map(id, switchable), 0)
         left -= sum(s.bitrates[0] for s in switchable)
@@ -117,6 +119,7 @@ class SubscriberBudget:
             level += 1
         for s in switchable:
             self._apply(s, levels[id(s)], now)
+        return _missing(streams, budget)
 
     @staticmethod
     def _apply(s: StreamDemand, desired: int, now: float) -> None:
@@ -135,6 +138,64 @@ class SubscriberBudget:
                 s.up_since = None
 
 
+def _missing(streams: list[StreamDemand], budget: int | None) -> tuple[int, int | None]:
+    used = sum(s.bitrates[min(s.target or 0, len(s.bitrates) - 1)] for s in streams if s.bitrates)
+    steps = [
+        s.bitrates[s.target + 1] - s.bitrates[s.target]
+        for s in streams
+        if s.switchable and s.bitrates and s.target is not None and s.target < _top(s)
+    ]
+    if not steps:
+        return used, None
+    step = min(steps)
+    if budget is not None and budget - used >= step:
+        return used, None  # it fits: the hold is running, nothing to find
+    return used, step
+
+
+class Prober:
+    """Padding probes for one subscriber (mediasoup#316, LiveKit's padding probes): a receiver's
+    estimate never rises much above what it receives (libwebrtc and aiortc clamp it at 1.5 times
+    the incoming rate), so a subscriber held on a low layer would stay there. While the next step
+    up does not fit, the server adds padding worth that step; the estimate can then grow into it,
+    and the usual 5 s hold applies. A probe that meets congestion (the estimate falls) stops and
+    waits, twice as long each time."""
+
+    __slots__ = ("rate", "started", "start_budget", "next_at", "backoff")
+
+    MIN_BACKOFF = 5.0
+    MAX_BACKOFF = 60.0
+    MAX_PROBE_SECONDS = 30.0
+    MAX_RATE = 1_500_000
+
+    def __init__(self) -> None:
+        self.rate = 0  # padding bits/s to send now
+        self.started = 0.0
+        self.start_budget = 0
+        self.next_at = 0.0
+        self.backoff = self.MIN_BACKOFF
+
+    def update(self, budget: int | None, used: int, step: int | None, now: float) -> int:
+        if budget is None or step is None:
+            if step is None and budget is not None:
+                self.backoff = self.MIN_BACKOFF  # nothing to find: a fresh start next time
+            self.rate = 0
+            return 0
+        if self.rate:
+            if budget < self.start_budget * 0.85 or now - self.started > self.MAX_PROBE_SECONDS:
+                self.rate = 0
+                self.next_at = now + self.backoff
+                self.backoff = min(self.backoff * 2, self.MAX_BACKOFF)
+                return 0
+        elif now < self.next_at or budget < used:
+            return 0  # backing off, or a real shortage: padding would only add to it
+        else:
+            self.started = now
+            self.start_budget = budget
+        self.rate = min(step, self.MAX_RATE)
+        return self.rate
+
+
 def _top(s: StreamDemand) -> int:
     top = len(s.bitrates) - 1
     return top if s.cap is None else max(0, min(top, s.cap))
@@ -142,6 +203,7 @@ def _top(s: StreamDemand) -> int:
 
 __all__ = [
     "ALLOCATE_SECONDS",
+    "Prober",
     "QUALITIES",
     "UP_HOLD_SECONDS",
     "StreamDemand",

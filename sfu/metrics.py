@@ -83,6 +83,7 @@ class MediaStats:
         # simulcast (DESIGN §6.1): layers by rank, lowest "0"
         self.layer_switches = 0  # a subscriber moved to another layer (on its keyframe)
         self.layer_packets_in: dict[str, int] = dict.fromkeys(LAYERS, 0)
+        self.padding_packets_out = 0  # padding probes towards subscribers held on a lower layer
         self.subscriber_estimate_bps = Histogram(
             (100_000, 250_000, 500_000, 1_000_000, 2_000_000, 4_000_000, 8_000_000)
         )
@@ -219,6 +220,11 @@ class MediaCollector(Collector):
             "meeting_sfu_simulcast_layer_switches",
             "Subscribers moved to another simulcast layer",
             value=s.layer_switches,
+        )
+        yield CounterMetricFamily(
+            "meeting_sfu_padding_packets_out",
+            "Padding probes sent to subscribers held below their top simulcast layer",
+            value=s.padding_packets_out,
         )
         yield s.subscriber_estimate_bps.family(
             "meeting_sfu_subscriber_estimate_bits_per_second",

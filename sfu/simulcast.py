@@ -29,7 +29,7 @@ from aiortc.rtp import RtcpSrPacket
 from . import aiortc_hooks as hooks
 from . import vp8
 from .aiortc_hooks import SendPath
-from .bandwidth import ALLOCATE_SECONDS, StreamDemand, SubscriberBudget, quality_cap
+from .bandwidth import ALLOCATE_SECONDS, Prober, StreamDemand, SubscriberBudget, quality_cap
 from .consumer import HISTORY_SIZE, KEYFRAME_RETRY_SECONDS, Consumer, SendParameters, StreamState
 from .producer import KEYFRAME_REQUEST_INTERVAL, Producer
 from .rtp import HEADER, SEQ_TS, U32, abs_send_time_bytes, h264_is_keyframe_start, payload_offset, unwrap_rtx
@@ -46,6 +46,8 @@ MIN_LAYER_BITRATE = 30_000  # bits/s: a layer never costs less than this in a bu
 MAX_TS_JUMP_SECONDS = 5.0  # an SR-aligned timestamp further ahead than this is not trusted
 _HISTORY_MASK = HISTORY_SIZE - 1
 SWITCH_WINDOW = 100  # packets after a switch during which older ones are dropped
+PAD_SECONDS = 0.05  # padding is sent in bursts this far apart
+_PADDING = bytes(254) + b"\xff"  # a padding-only payload: 255 bytes, the last one is the count
 _VP8_FULL = struct.Struct("!BBHBB")  # VP8 descriptor: X=1; I, L and T/K; 15-bit picture id
 
 
@@ -608,12 +610,14 @@ class SubscriberBandwidth:
     """Chooses the layers of one subscriber's simulcast consumers, every ALLOCATE_SECONDS while
     it has any (see `sfu.bandwidth`)."""
 
-    __slots__ = ("transport", "budget", "_timer", "_rates", "closed")
+    __slots__ = ("transport", "budget", "prober", "_timer", "_pad_timer", "_rates", "closed")
 
     def __init__(self, transport: SubscriberTransport) -> None:
         self.transport = transport
         self.budget = SubscriberBudget()
+        self.prober = Prober()
         self._timer: asyncio.TimerHandle | None = None
+        self._pad_timer: asyncio.TimerHandle | None = None
         self._rates: dict[int, tuple[int, float, int]] = {}  # id(consumer) -> octets, time, bits/s
         self.closed = False
 
@@ -662,8 +666,11 @@ class SubscriberBandwidth:
                 demands.append(fixed)
         self._rates = rates
         if not simulcast:
+            self.prober.update(None, 0, None, now)
             return
-        self.budget.allocate(demands, now)
+        used, step = self.budget.allocate(demands, now)
+        if self.prober.update(self.budget.budget(now), used, step, now) and self._pad_timer is None:
+            self._pad_timer = asyncio.get_running_loop().call_later(PAD_SECONDS, self._pad)
         for consumer in simulcast:
             ranked = consumer.producer.ranked  # type: ignore[attr-defined]
             target = consumer.demand.target
@@ -671,11 +678,46 @@ class SubscriberBandwidth:
                 consumer.set_target(ranked[min(target, len(ranked) - 1)])
         self._timer = asyncio.get_running_loop().call_later(ALLOCATE_SECONDS, self.allocate)
 
+    def _pad(self) -> None:
+        """Send PAD_SECONDS worth of the prober's padding: padding-only RTX packets on one
+        forwarded m-line, with abs-send-time so that the subscriber's estimator counts them."""
+        self._pad_timer = None
+        rate = self.prober.rate
+        if self.closed or not rate:
+            return
+        consumer = next(
+            (c for c in self.transport.consumers
+             if c.bound and not c.paused and not c.closed and c.rtx_pt is not None and c.last_time is not None),
+            None,
+        )
+        if consumer is not None:
+            count = max(1, round(rate * PAD_SECONDS / 8 / (len(_PADDING) + 28)))
+            abs3 = abs_send_time_bytes()
+            stats = self.transport.stats
+            try:
+                for _ in range(count):
+                    header = HEADER.pack(
+                        0xA0 | consumer.x_bit, consumer.rtx_pt, consumer.rtx_seq, consumer.max_ts, consumer.rtx_ssrc
+                    )
+                    consumer.rtx_seq = (consumer.rtx_seq + 1) & 0xFFFF
+                    if consumer.has_abs:
+                        packet = b"".join((header, consumer.ext_before, abs3, consumer.ext_after, _PADDING))
+                    else:
+                        packet = b"".join((header, consumer.ext_before, _PADDING))
+                    consumer.sendto(consumer.protect(packet), consumer.addr)  # type: ignore[misc]
+                    stats.padding_packets_out += 1
+            except Exception as exc:  # a failed probe must not stop the allocation
+                log.debug("padding failed: %s", exc)
+        self._pad_timer = asyncio.get_running_loop().call_later(PAD_SECONDS, self._pad)
+
     def close(self) -> None:
         self.closed = True
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._pad_timer is not None:
+            self._pad_timer.cancel()
+            self._pad_timer = None
 
 
 def new_consumer(

@@ -64,8 +64,9 @@ class DrivenSubscriber(Subscriber):
     """An aiortc subscriber that records each decoded frame's width and the SSRCs of the RTP it
     gets, and whose REMB is the one the test sets (its own estimator is switched off)."""
 
-    def __init__(self) -> None:
+    def __init__(self, driven: bool = True) -> None:
         super().__init__(decode=True)
+        self.driven = driven
         self.widths: list[tuple[float, int]] = []
         self.packets: list[tuple[int, int, int, int]] = []  # pt, ssrc, seq, ts of each RTP packet
         self.remb = HIGH
@@ -75,7 +76,8 @@ class DrivenSubscriber(Subscriber):
         super()._install_hooks()
         for t in self.pc.getTransceivers():
             # aiortc private names, test side only: no REMB of its own
-            t.receiver._RTCRtpReceiver__remote_bitrate_estimator = None
+            if self.driven:
+                t.receiver._RTCRtpReceiver__remote_bitrate_estimator = None
             dtls = t.receiver.transport
             if getattr(dtls, "_ssrc_hooked", False):
                 continue
@@ -102,7 +104,8 @@ class DrivenSubscriber(Subscriber):
             self._changed.set()
 
     def start_remb(self) -> None:
-        self._remb_task = asyncio.ensure_future(self._send_remb())
+        if self.driven:
+            self._remb_task = asyncio.ensure_future(self._send_remb())
 
     async def _send_remb(self) -> None:
         assert self.pc is not None
@@ -220,6 +223,41 @@ async def test_chromium_simulcast_follows_the_subscriber_estimate():
             assert stats.subscriber_estimate_bps.count > 0
             sent = await page.evaluate(SENT_JS)
             assert sent["hi"][0] == 640 and sent["lo"][0] == 320, sent
+        finally:
+            await subscriber.close()
+            await browser.close()
+            await asyncio.wait_for(service.close(), 15)
+            drain.cancel()
+
+
+async def test_a_subscriber_with_its_own_estimate_climbs_to_the_top_layer():
+    """Without the test's REMB: the subscriber's own estimator (aiortc's, like a browser's,
+    never far above what it receives) starts on the lowest layer; the server's padding probes
+    let its estimate grow, and it gets the top layer."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"Chromium is not installed at {CHROMIUM}")
+    configure_ice(IceSettings(addresses=("127.0.0.1",)))
+    service = LocalMediaService(recorder_factory=MeetingRecording)
+    drain = asyncio.ensure_future(_drain(service))
+    subscriber = DrivenSubscriber(driven=False)
+    async with page_server() as url, playwright_api.async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = await (await browser.new_context()).new_page()
+            await page.goto(url)
+            answer = await bounded(service.publish(MEETING, "publisher", "video", await page.evaluate(PUBLISH_JS)))
+            await page.evaluate("sdp => window.pc.setRemoteDescription({type: 'answer', sdp})", answer)
+            producer = service.router(MEETING).producers[("publisher", "video")]
+            await eventually(lambda: len(producer.ranked) == 2, timeout=40)
+            sub_offer = await bounded(
+                service.update_subscriptions(MEETING, "subscriber", [StreamRef("publisher", "video")], [])
+            )
+            await bounded(service.answer_subscriber(MEETING, "subscriber", await subscriber.answer(sub_offer)))
+            await eventually(lambda: subscriber.width_now() == 320, timeout=10)
+            await eventually(lambda: subscriber.width_now() == 640, timeout=45)
+            assert service.stats.padding_packets_out > 0
+            times = [t for t, _ in subscriber.widths]
+            assert max(b - a for a, b in zip(times, times[1:], strict=False)) < 1.0
         finally:
             await subscriber.close()
             await browser.close()

@@ -139,3 +139,39 @@ def test_a_layer_that_stops_lowers_the_top():
     s.bitrates = LAYERS[:2]  # the top layer is no longer received
     b.allocate([s], 1.0)
     assert s.target == 1
+
+
+def test_allocation_reports_the_step_a_probe_must_find():
+    b = SubscriberBudget()
+    b.on_remb(300_000, 0.0)
+    s = stream()
+    used, step = b.allocate([s], 0.0)
+    assert (s.target, used, step) == (0, 150_000, 350_000)
+    b.on_remb(3_000_000, 0.1)
+    used, step = b.allocate([s], 0.1)
+    assert step is None  # it fits: only the hold stands in the way
+
+
+def test_prober_pads_for_the_next_step_backs_off_on_congestion():
+    from sfu.bandwidth import Prober
+
+    p = Prober()
+    assert p.update(None, 150_000, 350_000, 0.0) == 0  # no estimate: nothing
+    assert p.update(100_000, 150_000, 350_000, 0.0) == 0  # a real shortage: no padding on top
+    assert p.update(300_000, 150_000, 350_000, 0.0) == 350_000
+    assert p.update(400_000, 150_000, 350_000, 1.0) == 350_000  # the estimate grows: go on
+    assert p.update(200_000, 150_000, 350_000, 2.0) == 0  # it falls (congestion): stop
+    assert p.update(300_000, 150_000, 350_000, 2.0 + Prober.MIN_BACKOFF - 0.1) == 0  # backing off
+    assert p.update(300_000, 150_000, 350_000, 2.0 + Prober.MIN_BACKOFF) == 350_000
+    assert p.update(100_000, 150_000, 350_000, 8.0) == 0
+    assert p.next_at == 8.0 + 2 * Prober.MIN_BACKOFF  # twice as long
+    assert p.update(3_000_000, 150_000, None, 9.0) == 0  # nothing to find: fresh start
+    assert p.backoff == Prober.MIN_BACKOFF
+
+
+def test_a_probe_is_bounded_in_time():
+    from sfu.bandwidth import Prober
+
+    p = Prober()
+    assert p.update(300_000, 150_000, 350_000, 0.0)
+    assert p.update(300_000, 150_000, 350_000, Prober.MAX_PROBE_SECONDS + 0.1) == 0
