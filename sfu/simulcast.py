@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("meeting_sfu.sfu.simulcast")
 
 LAYER_ACTIVE_SECONDS = 1.5  # a layer without packets for this long is not offered to anyone
+RECORDER_ACTIVE_SECONDS = 5.0  # ... and the recorder leaves it after this long
 RATE_SECONDS = 1.0  # layer bitrates are measured over windows of this length
 MIN_LAYER_BITRATE = 30_000  # bits/s: a layer never costs less than this in a budget
 MAX_TS_JUMP_SECONDS = 5.0  # an SR-aligned timestamp further ahead than this is not trusted
@@ -313,15 +314,18 @@ class SimulcastProducer(Producer):
         self._rank(now)
 
     def _rank(self, now: float) -> None:
-        active = [layer for layer in self.layers.values() if now - layer.last_packet < LAYER_ACTIVE_SECONDS]
-        active.sort(key=lambda layer: (layer.width * layer.height, layer.bitrate))
+        active = _ranked([layer for layer in self.layers.values() if now - layer.last_packet < LAYER_ACTIVE_SECONDS])
         for i, layer in enumerate(active):
             layer.rank = i
             layer.label = str(i)
         self.ranked = tuple(active)
         recording = self._recording
-        if recording is not None and active:
-            recording.set_target(active[-1])
+        if recording is not None:
+            # The recording keeps the top layer through short gaps (a browser ramping up sends
+            # its top layer sparsely at first): only a layer gone for longer is left.
+            kept = _ranked([x for x in self.layers.values() if now - x.last_packet < RECORDER_ACTIVE_SECONDS])
+            if kept:
+                recording.set_target(kept[-1])
 
     def layer_bitrates(self) -> list[int]:
         """The cost of each ranked layer, non-decreasing (a budget compares differences)."""
@@ -342,8 +346,7 @@ class SimulcastProducer(Producer):
                 has_abs=False, path=SendPath(_same, self._tap_out, None),
             ))
             recording.resume()
-            if self.ranked:
-                recording.set_target(self.ranked[-1])
+            self._rank(now)
         recording.forward_layer(layer, b0, b1, seq, ts, body, desc, abs3, keyframe, now)
 
     def _tap_out(self, data: bytes, _addr: Any) -> None:
@@ -363,12 +366,15 @@ class SimulcastProducer(Producer):
                 layer.sr = (info.ntp_timestamp, info.rtp_timestamp, time.monotonic())
 
     def request_keyframe(self, layer: Layer | None = None) -> None:
-        """A PLI to one layer (None: every active layer), at most one per layer per
-        KEYFRAME_REQUEST_INTERVAL; a request inside the window is sent when it ends."""
+        """A PLI to one layer, at most one per layer per KEYFRAME_REQUEST_INTERVAL; a request
+        inside the window is sent when it ends. None (the recorder's request): the layer it
+        records, or every active layer before it has one."""
         if self.closed:
             return
         if layer is None:
-            for each in self.ranked:
+            recording = self._recording
+            target = recording.target if recording is not None else None
+            for each in (target,) if target is not None else self.ranked:
                 self.request_keyframe(each)
             return
         now = time.monotonic()
@@ -403,6 +409,14 @@ class SimulcastProducer(Producer):
 
     def __repr__(self) -> str:
         return f"SimulcastProducer({self.user_id}/{self.kind} {self.codec.mime_type} {list(self.layers)})"
+
+
+def _ranked(layers: list[Layer]) -> list[Layer]:
+    """Lowest first: by resolution when every layer's is known (from a keyframe), else by
+    measured bitrate alone."""
+    if all(layer.width for layer in layers):
+        return sorted(layers, key=lambda layer: (layer.width * layer.height, layer.bitrate))
+    return sorted(layers, key=lambda layer: layer.bitrate)
 
 
 def _same(data: bytes) -> bytes:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import re
 import time
 from typing import Any
 
+import av
 import pytest
 from aiohttp import web
 from aiortc.mediastreams import MediaStreamError
@@ -230,10 +232,10 @@ async def test_chromium_simulcast_follows_the_subscriber_estimate():
             drain.cancel()
 
 
-async def test_a_subscriber_with_its_own_estimate_climbs_to_the_top_layer():
+async def test_a_subscriber_with_its_own_estimate_climbs_to_the_top_layer(tmp_path):
     """Without the test's REMB: the subscriber's own estimator (aiortc's, like a browser's,
     never far above what it receives) starts on the lowest layer; the server's padding probes
-    let its estimate grow, and it gets the top layer."""
+    let its estimate grow, and it gets the top layer. Meanwhile a recording holds the top layer."""
     if not CHROMIUM.exists():
         pytest.skip(f"Chromium is not installed at {CHROMIUM}")
     configure_ice(IceSettings(addresses=("127.0.0.1",)))
@@ -248,7 +250,8 @@ async def test_a_subscriber_with_its_own_estimate_climbs_to_the_top_layer():
             answer = await bounded(service.publish(MEETING, "publisher", "video", await page.evaluate(PUBLISH_JS)))
             await page.evaluate("sdp => window.pc.setRemoteDescription({type: 'answer', sdp})", answer)
             producer = service.router(MEETING).producers[("publisher", "video")]
-            await eventually(lambda: len(producer.ranked) == 2, timeout=40)
+            await eventually(lambda: len(producer.ranked) == 2 and all(x.width for x in producer.ranked), timeout=40)
+            await bounded(service.start_recording(MEETING, str(tmp_path / "parts")))
             sub_offer = await bounded(
                 service.update_subscriptions(MEETING, "subscriber", [StreamRef("publisher", "video")], [])
             )
@@ -256,6 +259,12 @@ async def test_a_subscriber_with_its_own_estimate_climbs_to_the_top_layer():
             await eventually(lambda: subscriber.width_now() == 320, timeout=10)
             await eventually(lambda: subscriber.width_now() == 640, timeout=45)
             assert service.stats.padding_packets_out > 0
+            result = await bounded(service.stop_recording(MEETING, str(tmp_path / "out.mkv")), 30)
+            with av.open(result.path) as container:
+                (video,) = container.streams.video
+                sizes = [(frame.width, frame.height) for frame in container.decode(video)]
+            runs = [(k, len(list(g))) for k, g in itertools.groupby(sizes)]
+            assert {w for w, _ in sizes} == {640}, runs  # the highest layer, from the recording's start
             times = [t for t, _ in subscriber.widths]
             assert max(b - a for a, b in zip(times, times[1:], strict=False)) < 1.0
         finally:
