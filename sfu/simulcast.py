@@ -654,7 +654,16 @@ class SubscriberBandwidth:
             self._timer = None
         if self.closed:
             return
-        now = time.monotonic()
+        try:
+            more = self._allocate(time.monotonic())
+        except Exception:  # a defect here must not end the layer choice of this subscriber
+            log.exception("layer allocation failed user=%s", self.transport.user_id)
+            more = True
+        if more:
+            self._timer = asyncio.get_running_loop().call_later(ALLOCATE_SECONDS, self.allocate)
+
+    def _allocate(self, now: float) -> bool:
+        """One allocation; True while there is something to choose for (simulcast consumers)."""
         simulcast: list[SimulcastConsumer] = []
         demands: list[StreamDemand] = []
         rates: dict[int, tuple[int, float, int]] = {}
@@ -681,7 +690,7 @@ class SubscriberBandwidth:
         self._rates = rates
         if not simulcast:
             self.prober.update(None, 0, None, now)
-            return
+            return False
         used, step = self.budget.allocate(demands, now)
         if self.prober.update(self.budget.budget(now), used, step, now) and self._pad_timer is None:
             self._pad_timer = asyncio.get_running_loop().call_later(PAD_SECONDS, self._pad)
@@ -690,7 +699,7 @@ class SubscriberBandwidth:
             target = consumer.demand.target
             if ranked and target is not None:
                 consumer.set_target(ranked[min(target, len(ranked) - 1)])
-        self._timer = asyncio.get_running_loop().call_later(ALLOCATE_SECONDS, self.allocate)
+        return True
 
     def _pad(self) -> None:
         """Send PAD_SECONDS worth of the prober's padding: padding-only RTX packets on one

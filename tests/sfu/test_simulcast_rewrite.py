@@ -360,3 +360,16 @@ async def test_a_long_run_on_one_layer_is_never_cut():
     for n in range(1, 40_000):
         p.on_rtp(rtp(PT, n, n * 3000, SSRCS["q"], plain, marker=True))
     assert len(out) == 40_000
+
+
+async def test_layers_rank_by_bitrate_until_every_resolution_is_known():
+    p = make_producer()
+    pub = Publisher(p)
+    pub.send("f")  # no keyframe: resolution unknown
+    pub.send("q", keyframe=True)
+    for rid, rate in (("q", 900_000), ("f", 100_000)):
+        layer(p, rid).bitrate = rate
+    p._rank(layer(p, "q").last_packet)
+    assert [x.rid for x in p.ranked] == ["f", "q"]  # by bitrate: f's size is not known yet
+    pub.send("f", keyframe=True)
+    assert [x.rid for x in p.ranked] == ["q", "f"]  # by resolution once both are known
