@@ -90,8 +90,9 @@ async def _run(app, host: str, port: int) -> None:  # noqa: ANN001
     """Serve until SIGINT or SIGTERM, then shut down cleanly (sockets, media, store)."""
     from aiohttp import web
 
-    from .keys import MEDIA
     from .runner import AppRunner
+
+    from .keys import MEDIA
 
     runner = AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()

@@ -3,10 +3,10 @@ import contextlib
 
 import pytest
 
-from control_api.workers import WorkerPool
-from recorder.meeting import MeetingRecording
 from sfu.api import MediaEvent
 from sfu.peer import IceSettings, configure_ice
+from control_api.workers import WorkerPool
+from recorder.meeting import MeetingRecording
 from sfu.service import LocalMediaService
 from sfu.settings import MediaPlaneSettings
 

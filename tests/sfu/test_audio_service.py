@@ -12,9 +12,9 @@ import pytest
 
 from control_api.domain import media_status
 from sfu.api import MediaError, TalkingChanged
-
 from .clients import eventually
 from .helpers import counts_become, media_stats
+
 from .test_audio_bridge import TONES, Client, bounded, hears
 
 MEETING = "meeting-audio"
