@@ -117,6 +117,8 @@ class MediaSettings:
     talking_level_dbov: Annotated[int, Between(0, 127)] = _AUDIO.talking_level_dbov
     talking_packets: Annotated[int, Between(1, 3000)] = _AUDIO.talking_packets
     silence_packets: Annotated[int, Between(1, 3000)] = _AUDIO.silence_packets
+    max_video_bitrate: Annotated[int, Between(50_000, 100_000_000)] = 2_500_000  # bits/s: REMB cap, video
+    max_screen_bitrate: Annotated[int, Between(50_000, 100_000_000)] = 2_500_000  # bits/s: REMB cap, screen
 
     def plane_settings(self) -> MediaPlaneSettings:
         """What the media plane gets: its own plain settings, never this Config."""
@@ -127,7 +129,12 @@ class MediaSettings:
             silence_packets=self.silence_packets,
         )
         return MediaPlaneSettings(
-            ice_addresses=self.ice_addresses, public_ip=self.public_ip, udp_port=self.udp_port, audio=audio
+            ice_addresses=self.ice_addresses,
+            public_ip=self.public_ip,
+            udp_port=self.udp_port,
+            audio=audio,
+            max_video_bitrate=self.max_video_bitrate,
+            max_screen_bitrate=self.max_screen_bitrate,
         )
 
 

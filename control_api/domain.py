@@ -666,7 +666,10 @@ class MeetingService:
         meeting_id: str,
         subscribe: list[tuple[str, str]],
         unsubscribe: list[tuple[str, str]],
+        qualities: dict[tuple[str, str], str] | None = None,
     ) -> None:
+        """`qualities` caps the simulcast layer of subscribed streams (DESIGN §6.1)."""
+        qualities = qualities or {}
         # Syntax before existence (DESIGN section 8).
         if not subscribe and not unsubscribe:
             raise bad_request("subscribe and unsubscribe are both empty")
@@ -677,7 +680,11 @@ class MeetingService:
             row, live, p = self._media_target(principal, meeting_id)
             # Streams of users who are not (or no longer) participants are skipped: the client
             # may race a leave. The media plane skips streams that are not published likewise.
-            subs = [StreamRef(u, k) for u, k in subscribe if u in live.participants]  # type: ignore[arg-type]
+            subs = [
+                StreamRef(u, k, qualities.get((u, k)))  # type: ignore[arg-type]
+                for u, k in subscribe
+                if u in live.participants
+            ]
             unsubs = [StreamRef(u, k) for u, k in unsubscribe]  # type: ignore[arg-type]
             with media_errors():
                 offer = await self.media.update_subscriptions(meeting_id, p.user_id, subs, unsubs)

@@ -23,6 +23,7 @@ log = logging.getLogger("meeting_sfu.http")
 
 MEETING_TYPES = ("permanent", "scheduled")
 STREAM_TYPES = ("video", "screen")
+QUALITIES = ("low", "medium", "high")  # a subscribe item's simulcast cap (DESIGN §6.1)
 MAX_SDP = 256 * 1024
 
 
@@ -152,13 +153,24 @@ def _streams(items: list[Body]) -> list[tuple[str, str]]:
     return [(s.uuid("userId"), s.enum("type", STREAM_TYPES)) for s in items]  # type: ignore[misc]
 
 
+def _qualities(items: list[Body]) -> dict[tuple[str, str], str]:
+    """The optional `quality` of subscribe items (DESIGN §6.1 extension), by (userId, type)."""
+    out: dict[tuple[str, str], str] = {}
+    for s in items:
+        quality = s.enum("quality", QUALITIES, required=False)
+        if quality is not None:
+            out[(s.uuid("userId"), s.enum("type", STREAM_TYPES))] = quality  # type: ignore[index]
+    return out
+
+
 async def update_subscriptions(request: web.Request) -> web.Response:
     meeting_id = _meeting_id(request)
     body = await _body(request)
     subscribe = _streams(body.objects("subscribe"))  # type: ignore[arg-type]
     unsubscribe = _streams(body.objects("unsubscribe"))  # type: ignore[arg-type]
+    qualities = _qualities(body.objects("subscribe") + body.objects("unsubscribe"))  # type: ignore[operator]
     await _domain(request).update_subscriptions(
-        _principal(request), meeting_id, subscribe, unsubscribe
+        _principal(request), meeting_id, subscribe, unsubscribe, qualities
     )
     return _no_content()
 

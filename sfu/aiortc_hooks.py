@@ -22,6 +22,7 @@ import aioice.ice
 import aioice.stun
 import aiortc.codecs
 import aiortc.rtcpeerconnection
+import aiortc.rtcrtpreceiver
 from aioice import Candidate
 from aiortc import RTCDtlsTransport, RTCRtpReceiver, RTCRtpSender
 from aiortc.mediastreams import MediaStreamTrack
@@ -55,10 +56,20 @@ _PRIVATE_NAMES: tuple[tuple[Any, str, str], ...] = (
     (aioice.ice, "candidate_priority", "host candidates on a shared socket"),
     (aiortc.rtcpeerconnection, "find_common_codecs", "the publisher codec choice"),
     (aiortc.codecs, "CODECS", "the publisher codec choice"),
+    # simulcast (section at the end of this module)
+    (RTCRtpReceiver, "_send_rtcp", "REMB towards a publisher, capped"),
+    (aiortc.codecs, "HEADER_EXTENSIONS", "rid / repaired-rid header extensions negotiated"),
+    (aiortc.rtcrtpreceiver, "NackGenerator", "one NACK generator per simulcast SSRC"),
 )
 # Instance attributes, checked on live objects by `check_private_api()`.
 _DTLS_ATTRIBUTES = ("_tx_srtp", "_rx_srtp", "_rtp_router")
-_RECEIVER_ATTRIBUTES = ("_RTCRtpReceiver__jitter_buffer", "_RTCRtpReceiver__rtcp_ssrc")
+_RECEIVER_ATTRIBUTES = (
+    "_RTCRtpReceiver__jitter_buffer",
+    "_RTCRtpReceiver__rtcp_ssrc",
+    # simulcast (section at the end of this module)
+    "_RTCRtpReceiver__nack_generator",
+    "_RTCRtpReceiver__rtx_ssrc",
+)
 _SENDER_ATTRIBUTES = ("_ssrc", "_rtx_ssrc", "_stream_id")
 _CONNECTION_ATTRIBUTES = ("_nominated", "_protocols", "_local_username")
 
@@ -425,8 +436,100 @@ def send_path(dtls: RTCDtlsTransport) -> SendPath | None:
     return SendPath(srtp.protect, pair.protocol.transport.sendto, pair.remote_addr)
 
 
+# --- simulcast (DESIGN §6.1) ------------------------------------------------------------------
+
+_RID_URIS = (
+    "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id",
+    "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id",
+)
+
+
+def enable_rid_extensions() -> None:
+    """Let aiortc negotiate the rid and repaired-rid header extensions on video m-lines
+    (process-wide: aiortc has no per-PC list). Its answers then echo the offer's ids, which a
+    browser needs to send simulcast; our forwarding writes only MID and abs-send-time, so
+    subscribers are not affected."""
+    from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters
+
+    video = aiortc.codecs.HEADER_EXTENSIONS["video"]
+    used = {e.id for e in video}
+    for uri in _RID_URIS:
+        if any(e.uri == uri for e in video):
+            continue
+        ext_id = next(i for i in range(1, 15) if i not in used)
+        used.add(ext_id)
+        video.append(RTCRtpHeaderExtensionParameters(id=ext_id, uri=uri))
+
+
+class _NackPerSsrc:
+    """Stands in for a receiver's NACK generator when one receiver gets several simulcast
+    layers: aiortc's generator tracks one highest sequence number, so mixed SSRCs would read as
+    huge losses. One generator per SSRC, at most MAX_SSRCS (the oldest goes)."""
+
+    MAX_SSRCS = 8
+    __slots__ = ("_generators", "_last")
+
+    def __init__(self) -> None:
+        self._generators: dict[int, Any] = {}
+        self._last: Any = None
+
+    def add(self, packet: Any) -> bool:
+        generator = self._generators.get(packet.ssrc)
+        if generator is None:
+            if len(self._generators) >= self.MAX_SSRCS:
+                self._generators.pop(next(iter(self._generators)))
+            generator = self._generators[packet.ssrc] = aiortc.rtcrtpreceiver.NackGenerator()
+        self._last = generator
+        return generator.add(packet)
+
+    @property
+    def missing(self) -> set[int]:
+        """What aiortc reads right after `add` returned True: that SSRC's missing packets."""
+        return self._last.missing if self._last is not None else set()
+
+
+def nack_per_ssrc(receiver: RTCRtpReceiver) -> None:
+    if receiver._RTCRtpReceiver__nack_generator is not None:  # type: ignore[attr-defined]
+        receiver._RTCRtpReceiver__nack_generator = _NackPerSsrc()  # type: ignore[attr-defined]
+
+
+def map_rtx_ssrc(receiver: RTCRtpReceiver, rtx_ssrc: int, media_ssrc: int) -> None:
+    """Tell the receiver an RTX SSRC learnt from repaired-rid (aiortc knows only the SDP's FID
+    groups), so it unwraps retransmissions and its NACK state sees them arrive."""
+    table = receiver._RTCRtpReceiver__rtx_ssrc  # type: ignore[attr-defined]
+    if len(table) < 16 or rtx_ssrc in table:
+        table[rtx_ssrc] = media_ssrc
+
+
+def cap_remb(receiver: RTCRtpReceiver, max_bitrate: int) -> None:
+    """REMB towards the publisher stays aiortc's own estimate of what it receives, but never
+    above `max_bitrate` bits/s (the [media] caps)."""
+    from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, pack_remb_fci, unpack_remb_fci
+
+    original = RTCRtpReceiver._send_rtcp.__get__(receiver)
+
+    async def send_rtcp(packet: Any) -> None:
+        if isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
+            try:
+                bitrate, ssrcs = unpack_remb_fci(packet.fci)
+            except ValueError:
+                bitrate, ssrcs = None, []
+            if bitrate is not None and bitrate > max_bitrate:
+                packet = RtcpPsfbPacket(
+                    fmt=RTCP_PSFB_APP, ssrc=packet.ssrc, media_ssrc=packet.media_ssrc,
+                    fci=pack_remb_fci(max_bitrate, ssrcs),
+                )
+        await original(packet)
+
+    receiver._send_rtcp = send_rtcp  # type: ignore[method-assign]
+
+
 __all__ = [
     "IdleTrack",
+    "cap_remb",
+    "enable_rid_extensions",
+    "map_rtx_ssrc",
+    "nack_per_ssrc",
     "SendPath",
     "check_private_api",
     "common_video_codecs",

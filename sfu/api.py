@@ -60,10 +60,12 @@ def bad_sdp(message: str) -> MediaError:
 
 @dataclass(frozen=True, slots=True)
 class StreamRef:
-    """A published stream: whose, and which kind."""
+    """A published stream: whose, and which kind; `quality` ("low" | "medium" | "high", or None)
+    caps the simulcast layer a subscriber gets (DESIGN §6.1)."""
 
     user_id: str
     kind: StreamKind
+    quality: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

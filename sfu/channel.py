@@ -59,11 +59,15 @@ async def read_message(reader: asyncio.StreamReader) -> dict[str, Any] | None:
 
 
 def refs_to_wire(refs: list[StreamRef]) -> list[list[str]]:
-    return [[r.user_id, r.kind] for r in refs]
+    return [[r.user_id, r.kind] if r.quality is None else [r.user_id, r.kind, r.quality] for r in refs]
 
 
 def refs_from_wire(value: Any) -> list[StreamRef]:
-    return [StreamRef(str(u), k) for u, k in value]  # type: ignore[arg-type]
+    # [user, kind] or [user, kind, quality]
+    return [
+        StreamRef(str(r[0]), r[1], str(r[2]) if len(r) > 2 and r[2] is not None else None)  # type: ignore[arg-type]
+        for r in value
+    ]
 
 
 def streams_to_wire(streams: list[SubscribedStream]) -> list[list[str]]:

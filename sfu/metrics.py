@@ -19,6 +19,7 @@ from prometheus_client.registry import Collector
 from .api import StatsReport
 
 KINDS = ("video", "screen", "audio")
+LAYERS = ("0", "1", "2")  # simulcast layer ranks
 PC_STATES = ("new", "connecting", "connected", "disconnected", "failed", "closed")
 # Why the shared UDP sockets (sfu.udp_mux) dropped a datagram instead of handing it to ICE.
 UDP_DROP_REASONS = (
@@ -93,6 +94,13 @@ class MediaStats:
             (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05)
         )
         self.loop_lag_seconds = Histogram((0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0))
+        # simulcast (DESIGN §6.1): layers by rank, lowest "0"
+        self.layer_switches = 0  # a subscriber moved to another layer (on its keyframe)
+        self.layer_packets_in: dict[str, int] = dict.fromkeys(LAYERS, 0)
+        self.padding_packets_out = 0  # padding probes towards subscribers held on a lower layer
+        self.subscriber_estimate_bps = Histogram(
+            (100_000, 250_000, 500_000, 1_000_000, 2_000_000, 4_000_000, 8_000_000)
+        )
 
     def pc_state_changed(self, old: str | None, new: str | None) -> None:
         if old in self.peer_connections:
@@ -235,6 +243,28 @@ class MediaCollector(Collector):
         for reason in UDP_DROP_REASONS:
             dropped.add_metric([reason], s.udp_datagrams_dropped[reason])
         yield dropped
+        layers = CounterMetricFamily(
+            "meeting_sfu_simulcast_packets_in",
+            "RTP packets received on simulcast layers, by rank (0: lowest)",
+            labels=["layer"],
+        )
+        for layer in LAYERS:
+            layers.add_metric([layer], s.layer_packets_in.get(layer, 0))
+        yield layers
+        yield CounterMetricFamily(
+            "meeting_sfu_simulcast_layer_switches",
+            "Subscribers moved to another simulcast layer",
+            value=s.layer_switches,
+        )
+        yield CounterMetricFamily(
+            "meeting_sfu_padding_packets_out",
+            "Padding probes sent to subscribers held below their top simulcast layer",
+            value=s.padding_packets_out,
+        )
+        yield s.subscriber_estimate_bps.family(
+            "meeting_sfu_subscriber_estimate_bits_per_second",
+            "Subscribers' bandwidth estimates (REMB) as received",
+        )
         yield s.rtt_seconds.family(
             "meeting_sfu_rtt_seconds", "Round-trip time from RTCP receiver reports"
         )

@@ -161,6 +161,7 @@ class Producer:
         "_on_peer_lost",
         "_closing_pc",
         "stats",
+        "max_bitrate",
     )
 
     def __init__(
@@ -202,6 +203,7 @@ class Producer:
         self._on_active = on_active
         self._on_peer_lost = on_peer_lost
         self._closing_pc: set[RTCPeerConnection] = set()
+        self.max_bitrate = 2_500_000  # the REMB cap towards the publisher ([media] settings)
 
     # --- peer connection --------------------------------------------------------------------
 
@@ -283,6 +285,7 @@ class Producer:
         hooks.disable_reassembly(transceiver.receiver)
         hooks.hook_rtp_ingress(transceiver.receiver.transport, self.on_rtp)
         hooks.hook_receiver_rtcp(transceiver.receiver, self._on_rtcp)
+        hooks.cap_remb(transceiver.receiver, self.max_bitrate)
 
         @pc.on("connectionstatechange")
         def on_state() -> None:

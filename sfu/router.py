@@ -9,6 +9,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+from . import aiortc_hooks as hooks
 from .api import (
     MediaError,
     MediaEvent,
@@ -21,6 +22,8 @@ from .api import (
 )
 from .metrics import MediaStats
 from .producer import Producer, choose_codec, parse_offer
+from .simulcast import SimulcastProducer
+from .simulcast_sdp import parse_simulcast
 from .transport import SubscriberTransport
 
 log = logging.getLogger("meeting_sfu.sfu.router")
@@ -37,8 +40,11 @@ class Router:
         meeting_id: str,
         emit: Callable[[MediaEvent], None],
         stats: MediaStats | None = None,
+        max_video_bitrate: int = 2_500_000,
+        max_screen_bitrate: int = 2_500_000,
     ) -> None:
         self.meeting_id = meeting_id
+        self.max_bitrate: dict[str, int] = {"video": max_video_bitrate, "screen": max_screen_bitrate}
         self.stats = stats if stats is not None else MediaStats()
         self.producers: dict[tuple[str, StreamKind], Producer] = {}
         self.subscribers: dict[str, SubscriberTransport] = {}
@@ -73,24 +79,35 @@ class Router:
         self._check_open()
         description, parsed = parse_offer(offer_sdp)
         index, codec = choose_codec(parsed)
+        simulcast = parse_simulcast(description.sdp, index)
+        if simulcast is not None:
+            hooks.enable_rid_extensions()  # process-wide, idempotent
         async with self._lock(user_id, kind):
             self._check_open()
             producer = self.producers.get((user_id, kind))
             if producer is not None and not producer.closed:
-                if producer.codec.key == codec.key:
+                same_layers = (
+                    isinstance(producer, SimulcastProducer)
+                    and simulcast is not None
+                    and producer.offer.rids == simulcast.rids
+                ) or (not isinstance(producer, SimulcastProducer) and simulcast is None)
+                if producer.codec.key == codec.key and same_layers:
+                    if isinstance(producer, SimulcastProducer) and simulcast is not None:
+                        producer.set_offer(simulcast)
                     return await producer.renegotiate(description, parsed, index, codec)
-                # Another codec: subscribers' m-lines cannot follow, start over.
+                # Another codec or other layers: subscribers' m-lines cannot follow, start over.
                 await self._end_producer(producer, announce=False)
-            producer = Producer(
-                self.meeting_id,
-                user_id,
-                kind,
-                codec,
-                self._taps,
-                on_active=self._producer_active,
-                on_peer_lost=self._producer_peer_lost,
-                stats=self.stats,
-            )
+            args = (self.meeting_id, user_id, kind, codec, self._taps)
+            callbacks = {
+                "on_active": self._producer_active,
+                "on_peer_lost": self._producer_peer_lost,
+                "stats": self.stats,
+            }
+            if simulcast is not None:
+                producer = SimulcastProducer(*args, offer=simulcast, **callbacks)
+            else:
+                producer = Producer(*args, **callbacks)  # type: ignore[arg-type]
+            producer.max_bitrate = self.max_bitrate.get(kind, 2_500_000)
             try:
                 answer = await producer.answer(description, index, codec)
             except BaseException:
@@ -139,12 +156,15 @@ class Router:
         async with self._lock(user_id, "subscriber"):
             self._check_open()
             wanted = []
+            qualities: dict[str, str] = {}
             for ref in subscribe:
                 producer = self.producers.get((ref.user_id, ref.kind))
                 if producer is None or producer.closed or ref.user_id == user_id:
                     continue  # not published (or his own): skipped, as the API says
                 if producer not in wanted:
                     wanted.append(producer)
+                if ref.quality is not None:
+                    qualities[producer.id] = ref.quality
             gone = [(ref.user_id, ref.kind) for ref in unsubscribe]
             transport = self.subscribers.get(user_id)
             if transport is None or transport.closed:
@@ -158,7 +178,7 @@ class Router:
                     self.stats,
                 )
                 self.subscribers[user_id] = transport
-            return await transport.update(wanted, gone)
+            return await transport.update(wanted, gone, qualities)
 
     async def answer_subscriber(self, user_id: str, answer_sdp: str) -> list[SubscribedStream]:
         self._check_open()

@@ -103,7 +103,13 @@ class LocalMediaService:
             raise MediaError(UNAVAILABLE, "the media service is closed")
         router = self._routers.get(meeting_id)
         if router is None or router.closed:
-            router = self._routers[meeting_id] = Router(meeting_id, self._emit, self.stats)
+            router = self._routers[meeting_id] = Router(
+                meeting_id,
+                self._emit,
+                self.stats,
+                max_video_bitrate=self.settings.max_video_bitrate,
+                max_screen_bitrate=self.settings.max_screen_bitrate,
+            )
         return router
 
     async def open_meeting(self, meeting_id: str) -> None:

@@ -18,6 +18,10 @@ class MediaPlaneSettings:
     udp_port: int = 0
     """The UDP port of this media plane's shared sockets; 0: chosen by the OS."""
     audio: AudioSettings = field(default_factory=AudioSettings)
+    max_video_bitrate: int = 2_500_000
+    """Bits/s: the highest REMB a video publisher gets (DESIGN §6.1)."""
+    max_screen_bitrate: int = 2_500_000
+    """Bits/s: the highest REMB a screen publisher gets."""
 
     def to_wire(self) -> dict[str, Any]:
         body = asdict(self)
@@ -33,6 +37,8 @@ class MediaPlaneSettings:
             public_ip=str(data.get("public_ip") or ""),
             udp_port=int(data.get("udp_port") or 0),
             audio=audio,
+            max_video_bitrate=int(data.get("max_video_bitrate") or cls.max_video_bitrate),
+            max_screen_bitrate=int(data.get("max_screen_bitrate") or cls.max_screen_bitrate),
         )
 
 

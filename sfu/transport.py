@@ -36,6 +36,7 @@ from .consumer import Consumer, SendParameters, StreamState
 from .metrics import MediaStats, watch_pc_states
 from .peer import create_peer_connection, local_sdp, parse_session_description
 from .rtp import ABS_SEND_TIME_URI, MID_URI, extension_block, ntp_from_unix
+from .simulcast import SimulcastConsumer, SubscriberBandwidth, new_consumer
 
 if TYPE_CHECKING:
     from .producer import CodecChoice, Producer
@@ -122,6 +123,7 @@ class SubscriberTransport:
         self._reoffer_task: asyncio.Task[None] | None = None
         self._on_offer = on_offer
         self._on_peer_lost = on_peer_lost
+        self.bandwidth = SubscriberBandwidth(self)  # simulcast layer choice (DESIGN §6.1)
 
     # --- queries ----------------------------------------------------------------------------
 
@@ -148,9 +150,14 @@ class SubscriberTransport:
     # --- subscriptions ----------------------------------------------------------------------
 
     async def update(
-        self, subscribe: list[Producer], unsubscribe: list[tuple[str, str]]
+        self,
+        subscribe: list[Producer],
+        unsubscribe: list[tuple[str, str]],
+        qualities: dict[str, str] | None = None,
     ) -> str | None:
-        """Apply a subscription change; the new offer, or None when nothing changed."""
+        """Apply a subscription change; the new offer, or None when nothing changed.
+        `qualities` (producer id -> "low" | "medium" | "high") caps simulcast layers."""
+        qualities = qualities or {}
         async with self._lock:
             if self.closed:
                 raise MediaError("closed", "the receive connection is closed")
@@ -161,10 +168,14 @@ class SubscriberTransport:
                     consumer.close()  # -> _consumer_closed frees the slot
                     changed = True
             for producer in subscribe:
-                if producer.closed or self.consumer_of(producer.user_id, producer.kind):
+                existing = self.consumer_of(producer.user_id, producer.kind)
+                if isinstance(existing, SimulcastConsumer) and existing.producer is producer:
+                    existing.quality = qualities.get(producer.id)  # a new cap, no renegotiation
+                if producer.closed or existing is not None:
                     continue
-                self._add_consumer(producer)
+                self._add_consumer(producer, qualities.get(producer.id))
                 changed = True
+            self.bandwidth.changed()
             if not changed:
                 return None
             if (
@@ -179,14 +190,14 @@ class SubscriberTransport:
                 return None
             return await self._offer()
 
-    def _add_consumer(self, producer: Producer) -> None:
+    def _add_consumer(self, producer: Producer, quality: str | None = None) -> None:
         slot = next(
             (s for s in self.slots if s.consumer is None and s.codec_key == producer.codec.key),
             None,
         )
         if slot is None:
             slot = self._new_slot(producer.codec)
-        consumer = Consumer(producer, self.user_id, slot.state, on_close=self._consumer_closed)
+        consumer = new_consumer(producer, self.user_id, slot.state, self._consumer_closed, quality)
         slot.consumer = consumer
         slot.stream_id = f"{producer.user_id}/{producer.kind}"
         slot.transceiver.direction = "sendonly"
@@ -352,6 +363,8 @@ class SubscriberTransport:
                     slot.remb = unpack_remb_fci(packet.fci)[0]
                 except ValueError:
                     pass
+                else:
+                    self.bandwidth.on_remb(slot.remb)
             return True
         if isinstance(packet, (RtcpRrPacket, RtcpSrPacket)) and slot.params is not None:
             self._observe_reports(slot, packet.reports)
@@ -362,6 +375,7 @@ class SubscriberTransport:
         for report in reports:
             if report.ssrc != slot.params.ssrc:
                 continue
+            self.bandwidth.on_loss(report.fraction_lost / 256)
             self.stats.jitter_seconds.observe(report.jitter / 90000)
             if report.lsr:
                 middle = (ntp_from_unix(time.time()) >> 16) & 0xFFFFFFFF
@@ -400,6 +414,7 @@ class SubscriberTransport:
         if self.closed:
             return
         self.closed = True
+        self.bandwidth.close()
         if self._reoffer_task is not None:
             self._reoffer_task.cancel()
         for slot in self.slots:

@@ -347,12 +347,20 @@ async function muteOther(userId) {
 // (simulcast layers, say) belong in the addTransceiver init below.
 async function publish(kind) {
   const stream = kind === "video"
-    ? await navigator.mediaDevices.getUserMedia({ video: true })
+    ? await navigator.mediaDevices.getUserMedia({ video: { width: 1280, height: 720 } })
     : await navigator.mediaDevices.getDisplayMedia({ video: true });
   const [track] = stream.getVideoTracks();
   const pc = (S.pcs[kind] = new RTCPeerConnection(PC_CONFIG));
   S.local[kind] = stream;
-  pc.addTransceiver(track, { direction: "sendonly", streams: [stream] });
+  // The camera goes out in simulcast (DESIGN 6.1): the server gives each viewer the layer its
+  // link (and tile) can take. Lowest first: a server without simulcast gets that one alone.
+  // The browser drops the upper layers when the camera is too small for them.
+  const sendEncodings = kind === "video"
+    ? [{ rid: "q", scaleResolutionDownBy: 4, maxBitrate: 150000 },
+       { rid: "h", scaleResolutionDownBy: 2, maxBitrate: 500000 },
+       { rid: "f", maxBitrate: 1500000 }]
+    : undefined;
+  pc.addTransceiver(track, { direction: "sendonly", streams: [stream], sendEncodings });
   track.onended = action(() => unpublish(kind)); // the browser's "stop sharing"
   showTrack(S.userId, kind, track);
   try {
@@ -402,9 +410,12 @@ function subscribe(subscribeList, unsubscribeList) {
       return;
     }
     const offered = expectEvent((e) => e.type === "MEETING_SDP_OFFERED", 3000);
+    // Small tiles (a grid of four or more) ask for the low simulcast layer of cameras.
+    const small = document.querySelectorAll(".tile").length >= 4;
+    const items = wanted.map((s) => (small && s.type === "video" ? { ...s, quality: "low" } : s));
     try {
       await api("PUT", meetingPath("/media/subscribe"),
-        { subscribe: wanted, unsubscribe: unsubscribeList });
+        { subscribe: items, unsubscribe: unsubscribeList });
     } catch (e) {
       wanted.forEach((s) => S.subscribed.delete(`${s.userId}/${s.type}`));
       return log(`subscribe: ${e.message}`, true);
@@ -496,9 +507,20 @@ function showTrack(userId, kind, track) {
     }
   }
   const el = tile(userId, kind);
-  el.querySelector("video").srcObject = new MediaStream([track]);
+  const video = el.querySelector("video");
+  video.srcObject = new MediaStream([track]);
   el.classList.add("has-video");
   if (kind === "video") el.dataset.key = `${userId}/video`;
+  // Each stream's resolution as received (it changes with the simulcast layer).
+  video.onresize = () => {
+    let res = el.querySelector(".res");
+    if (!res) {
+      res = document.createElement("span");
+      res.className = "res";
+      el.querySelector(".label").append(res);
+    }
+    res.textContent = ` ${video.videoWidth}x${video.videoHeight}`;
+  };
 }
 
 function hideTrack(userId, kind) {

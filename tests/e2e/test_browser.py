@@ -375,7 +375,8 @@ async def test_two_browsers_see_each_other(server, browser):
     await bob.wait_tile(f"{alice.user_id}/video")
     for user in (alice, bob):
         (video,) = await grows(user, "video", "framesDecoded")
-        assert video["frameWidth"] == 640, video
+        # a simulcast layer of the 1280x720 camera request (the lowest first: DESIGN §6.1)
+        assert video["frameWidth"] in (320, 640, 1280), video
     # The remote tile really plays (not a black box): its <video> has a size and advances.
     playing = (
         "el => el.videoWidth > 0 && el.readyState >= 2 && el.currentTime > 0 && !el.paused"
@@ -393,6 +394,11 @@ async def test_two_browsers_see_each_other(server, browser):
     )
     assert sorted(order, key=lambda t: t[1])[0][0] == alice.user_id, order
     assert "Alice" in await bob.page.inner_text("#participants")
+    # Each received stream shows its resolution (it follows the simulcast layer).
+    res = f'.tile[data-key="{bob.user_id}/video"] .label .res'
+    await alice.page.wait_for_function(
+        f"/ \\d+x\\d+$/.test(document.querySelector('{res}')?.textContent ?? '')"
+    )
     await asyncio.sleep(0.5)  # a few frames painted for the screenshot
     await alice.screenshot("video")
     await bob.screenshot("video")
