@@ -11,6 +11,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+# The SQLite file's name inside [storage] data_dir.
+DB_FILENAME = "meeting-sfu.sqlite3"
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS rooms (
     id TEXT PRIMARY KEY,
@@ -197,6 +200,8 @@ class Store:
                 chunk,
             ).fetchall()
             out.extend(self._meeting(r) for r in rows)  # type: ignore[misc]
+        # Each chunk is sorted by SQLite; the whole answer must be too.
+        out.sort(key=lambda m: (m.created_at, m.id))
         return out
 
     def expired_meetings(self, now: datetime) -> list[MeetingRow]:
