@@ -51,6 +51,9 @@ def _serve(args: argparse.Namespace) -> int:
     from .app import create_app
 
     config = load_config(args.config)
+    if config.storage.database_url:
+        # control_api/storage has the PostgreSQL store; the domain moves onto it next (issue 11).
+        raise ConfigError("[storage] database_url: PostgreSQL is not served yet; leave it empty for SQLite")
     setup_logging(config.logging.level, config.logging.format)
     try:
         import uvloop

@@ -176,6 +176,24 @@ class PostgresServer:
         _stop(self.proc, signal.SIGINT)
         self.proc = None
 
+    def _processes(self) -> list[int]:
+        """The postmaster and its children (backends, checkpointer, ...)."""
+        if self.proc is None:
+            return []
+        pids = [self.proc.pid]
+        for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
+            pids += [int(p) for p in (task / "children").read_text().split()]
+        return pids
+
+    def pause(self) -> None:
+        """SIGSTOP to every process of the server: it keeps its sockets open and answers nothing."""
+        for pid in self._processes():
+            os.kill(pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        for pid in self._processes():
+            os.kill(pid, signal.SIGCONT)
+
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
 

@@ -99,7 +99,12 @@ class PostgresStore:
             # The timeout bounds the wait for a connection (and a new connection's set-up), and
             # also the reset when it goes back to the pool.
             async with self._pool.acquire(timeout=self._call_timeout) as conn:
-                yield conn
+                try:
+                    yield conn
+                except _UNREACHABLE:
+                    # Not reused, and not reset either: resetting waits on a server that may be hung.
+                    conn.terminate()
+                    raise
         except asyncpg.UniqueViolationError as exc:
             raise StoreConflict(exc.detail or str(exc)) from exc
         except _UNREACHABLE as exc:

@@ -423,6 +423,19 @@ def test_database_url_defaults_to_sqlite_and_takes_only_postgresql(tmp_path: Pat
         load_config(env={"MEETING_SFU_STORAGE_DATABASE_URL": "mysql://x@y/z"})
 
 
+def test_serve_refuses_database_url_until_the_domain_uses_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Rather than keep state in SQLite while PostgreSQL is configured."""
+    from control_api.cli import main
+
+    monkeypatch.setenv("MEETING_SFU_STORAGE_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("MEETING_SFU_STORAGE_DATABASE_URL", "postgresql://sfu@127.0.0.1:1/sfu")
+    assert main(["serve"]) == 2
+    assert "database_url" in capsys.readouterr().err
+    assert not (tmp_path / DB_FILENAME).exists()
+
+
 async def test_sqlite_store_lives_in_data_dir(tmp_path: Path) -> None:
     store = await open_store(config_for(tmp_path))
     try:
@@ -445,3 +458,30 @@ async def test_redis_server_answers_ping(redis_server) -> None:  # noqa: ANN001
         assert await client.get("k") == b"v"
     finally:
         await client.aclose()
+
+
+async def test_postgres_hung_fails_calls_within_seconds_and_recovers(
+    postgres_server: PostgresServer, tmp_path: Path
+) -> None:
+    """A server that stops answering on open connections (paused, overloaded): no call hangs."""
+    store = await open_store(config_for(tmp_path, await fresh_database(postgres_server)))
+    try:
+        row = meeting("room-a")
+        await store.insert_meeting(row)
+        postgres_server.pause()
+        try:
+            # The limit here only turns a hang into a failure; the store's own limits are seconds.
+            results = await asyncio.wait_for(
+                asyncio.gather(
+                    store.get_meeting(row.id), store.add_member("room-a", "bob", "member"), return_exceptions=True
+                ),
+                10,
+            )
+            assert [type(r) for r in results] == [StoreUnavailable, StoreUnavailable]
+        finally:
+            postgres_server.resume()
+        assert await store.get_meeting(row.id) == row
+        await store.add_member("room-a", "carol", "member")
+        assert await store.member_role("room-a", "carol") == "member"
+    finally:
+        await store.close()
