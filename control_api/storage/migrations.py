@@ -60,10 +60,15 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
 _LOCK_KEY = 0x5F0_5704E
 
 
-async def migrate(conn: asyncpg.Connection) -> list[int]:
+# A step may rewrite a large table, and a node may wait for another one's steps: far longer
+# than an ordinary call is allowed.
+MIGRATION_TIMEOUT = 600.0
+
+
+async def migrate(conn: asyncpg.Connection, timeout: float = MIGRATION_TIMEOUT) -> list[int]:
     """Applies the steps this database lacks, in one transaction; returns their numbers."""
     async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY, timeout=timeout)
         await conn.execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations ("
             "version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
@@ -73,7 +78,7 @@ async def migrate(conn: asyncpg.Connection) -> list[int]:
         for version, sql in MIGRATIONS:
             if version in done:
                 continue
-            await conn.execute(sql)
+            await conn.execute(sql, timeout=timeout)
             await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
             applied.append(version)
         return applied

@@ -22,6 +22,8 @@ T = TypeVar("T")
 
 # SQLite's extended result codes for a taken key (Python 3.11 names them on the exception).
 _KEY_TAKEN = {"SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY"}
+# Locked past the busy timeout, disk full, I/O error, file gone or read-only: not a bug of ours.
+_UNAVAILABLE = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_FULL", "SQLITE_IOERR", "SQLITE_CANTOPEN", "SQLITE_READONLY")
 
 
 class SqliteStore:
@@ -33,10 +35,10 @@ class SqliteStore:
         self._closed = False
 
     @classmethod
-    async def open(cls, path: Path) -> SqliteStore:
+    async def open(cls, path: Path, busy_timeout: float = 5.0) -> SqliteStore:
         thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
         try:
-            store = await asyncio.get_running_loop().run_in_executor(thread, Store, path)
+            store = await asyncio.get_running_loop().run_in_executor(thread, Store, path, busy_timeout)
         except BaseException:
             thread.shutdown(wait=False)
             raise
@@ -49,8 +51,10 @@ class SqliteStore:
             if getattr(exc, "sqlite_errorname", "") in _KEY_TAKEN:
                 raise StoreConflict(str(exc)) from exc
             raise
-        except sqlite3.OperationalError as exc:  # locked past the busy timeout, disk full, I/O error
-            raise StoreUnavailable(f"SQLite: {exc}") from exc
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorname", "").startswith(_UNAVAILABLE):
+                raise StoreUnavailable(f"SQLite: {exc}") from exc
+            raise
 
     async def close(self) -> None:
         if self._closed:

@@ -350,6 +350,23 @@ async def test_sqlite_waits_for_a_busy_database_without_stopping_the_loop(tmp_pa
         await store.close()
 
 
+async def test_sqlite_locked_for_too_long_is_unavailable_then_recovers(tmp_path: Path) -> None:
+    from control_api.storage.sqlite import SqliteStore
+
+    store = await SqliteStore.open(tmp_path / DB_FILENAME, busy_timeout=0.2)
+    blocker = sqlite3.connect(tmp_path / DB_FILENAME, isolation_level=None)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")
+        with pytest.raises(StoreUnavailable, match="locked"):
+            await store.add_member("room", "alice", "owner")
+        blocker.execute("ROLLBACK")
+        await store.add_member("room", "alice", "owner")
+        assert await store.member_role("room", "alice") == "owner"
+    finally:
+        blocker.close()
+        await store.close()
+
+
 # --- PostgreSQL: schema, reachability -------------------------------------------------------
 
 
