@@ -64,7 +64,10 @@ def _memory_dir() -> str | None:
 
 def postgres_bindir() -> Path | None:
     """Debian's versioned directory (newest version), else the directory of `initdb` on PATH."""
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parent.parent.name))
+    found = sorted(
+        (p for p in glob.glob("/usr/lib/postgresql/*/bin/initdb") if Path(p).parent.parent.name.isdigit()),
+        key=lambda p: int(Path(p).parent.parent.name),
+    )
     if found:
         return Path(found[-1]).parent
     initdb = shutil.which("initdb")
@@ -118,7 +121,7 @@ class PostgresServer:
         version = subprocess.run(
             [str(self.bindir / "postgres"), "--version"], capture_output=True, text=True, check=True
         ).stdout.split()[2]
-        template = Path(sys.prefix) / f"pg-template-{version}"
+        template = Path(sys.prefix) / f"pg-template-{version}-{self._user or os.getuid()}"
         if not (template / "PG_VERSION").exists():
             work = Path(tempfile.mkdtemp(prefix="pg-template-", dir=sys.prefix))
             try:
