@@ -19,6 +19,7 @@ import pytest
 from control_api.config import Config, ConfigError, load_config
 from control_api.storage import AsyncStore, StoreConflict, StoreUnavailable, open_store
 from control_api.storage.migrations import MIGRATIONS, migrate
+from control_api.storage.postgres import PostgresStore
 from control_api.store import DB_FILENAME, MeetingRow
 from tests.servers import PostgresServer
 
@@ -90,7 +91,6 @@ def meeting(room_id: str | None = None, *, created_at: datetime = T0, **kw: obje
 def test_both_backends_implement_every_operation_of_the_sync_store() -> None:
     import inspect
 
-    from control_api.storage.postgres import PostgresStore
     from control_api.storage.sqlite import SqliteStore
     from control_api.store import Store
 
@@ -426,7 +426,7 @@ async def test_postgres_that_never_answers_fails_within_seconds(tmp_path: Path) 
         port = listener.getsockname()[1]
         url = f"postgresql://sfu:secret@127.0.0.1:{port}/sfu"
         with pytest.raises(StoreUnavailable) as info:
-            await asyncio.wait_for(open_store(config_for(tmp_path, url)), 10)
+            await asyncio.wait_for(PostgresStore.open(url, connect_timeout=0.5), 10)
         assert "secret" not in str(info.value)
 
 
@@ -436,7 +436,7 @@ async def test_postgres_outage_fails_calls_within_seconds_and_recovers(
 ) -> None:
     """Stopped: connections cut, new ones refused. Hung: the server keeps its sockets open and
     answers nothing (paused, overloaded). Either way no call hangs, and none of ours restarts."""
-    store = await open_store(config_for(tmp_path, await fresh_database(postgres_server)))
+    store = await PostgresStore.open(await fresh_database(postgres_server), call_timeout=1.0)
     if outage == "stopped":
         down, up = postgres_server.stop, postgres_server.start
     else:
