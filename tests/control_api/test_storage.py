@@ -406,6 +406,25 @@ async def test_postgres_steps_are_applied_in_order_to_an_older_schema(
         await conn.close()
 
 
+async def test_postgres_pool_is_bounded(postgres_server: PostgresServer) -> None:
+    """Many calls at once queue for the pool's connections rather than open one each."""
+    url = await fresh_database(postgres_server)
+    store = await PostgresStore.open(url, pool_size=4)
+    try:
+        await asyncio.gather(*(store.add_member("room", f"u{i}", "member") for i in range(60)))
+        assert len(await store.members_of_room("room")) == 60
+        conn = await asyncpg.connect(url)
+        try:
+            others = await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        finally:
+            await conn.close()
+        assert 1 <= others <= 4  # the pool keeps its connections open between calls
+    finally:
+        await store.close()
+
+
 async def test_postgres_unreachable_at_start_is_a_clear_error(tmp_path: Path) -> None:
     import socket
 
