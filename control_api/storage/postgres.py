@@ -9,9 +9,11 @@ replaced by the pool on the next call, so the store recovers by itself once the 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -19,6 +21,8 @@ import asyncpg
 from ..store import MeetingRow, RecordingRow, WaitingRow
 from .interface import StoreConflict, StoreUnavailable
 from .migrations import migrate
+
+T = TypeVar("T")
 
 # What a dead, stopped, restarting or saturated server looks like to asyncpg.
 _UNREACHABLE = (
@@ -29,6 +33,9 @@ _UNREACHABLE = (
     asyncpg.OperatorInterventionError,
     asyncpg.InsufficientResourcesError,
 )
+
+# A connection found closed: the statement may not even have reached the server.
+_CONNECTION_LOST = (asyncpg.ConnectionDoesNotExistError, ConnectionError)
 
 _MEETING_COLS = "id, room_id, name, meeting_type, expiration, created_at"
 _REC_COLS = "id, meeting_id, starter_id, started_at, stopped_at, path, size_bytes, status"
@@ -103,24 +110,35 @@ class PostgresStore:
                     yield conn
                 except _UNREACHABLE:
                     # Not reused, and not reset either: resetting waits on a server that may be hung.
-                    conn.terminate()
+                    with contextlib.suppress(asyncpg.InterfaceError):  # the pool may have let it go already
+                        conn.terminate()
                     raise
         except asyncpg.UniqueViolationError as exc:
             raise StoreConflict(exc.detail or str(exc)) from exc
         except _UNREACHABLE as exc:
             raise StoreUnavailable(f"PostgreSQL at {self._where} unreachable: {exc or type(exc).__name__}") from exc
 
-    async def _execute(self, sql: str, *args: object) -> None:
+    async def _run(self, op: Callable[[asyncpg.Connection], Awaitable[T]], *, idempotent: bool = True) -> T:
+        """Runs `op` on a pooled connection. A call that may safely run twice is tried once more
+        when its connection turns out to be lost (closed by a server that has since come back);
+        never after a time limit, so no call waits twice as long."""
+        try:
+            async with self._conn() as conn:
+                return await op(conn)
+        except StoreUnavailable as exc:
+            if not (idempotent and isinstance(exc.__cause__, _CONNECTION_LOST)):
+                raise
         async with self._conn() as conn:
-            await conn.execute(sql, *args)
+            return await op(conn)
+
+    async def _execute(self, sql: str, *args: object, idempotent: bool = True) -> None:
+        await self._run(lambda conn: conn.execute(sql, *args), idempotent=idempotent)
 
     async def _fetch(self, sql: str, *args: object) -> list[asyncpg.Record]:
-        async with self._conn() as conn:
-            return await conn.fetch(sql, *args)
+        return await self._run(lambda conn: conn.fetch(sql, *args))
 
     async def _fetchrow(self, sql: str, *args: object) -> asyncpg.Record | None:
-        async with self._conn() as conn:
-            return await conn.fetchrow(sql, *args)
+        return await self._run(lambda conn: conn.fetchrow(sql, *args))
 
     # rooms and memberships
     async def create_room(self, room_id: str, created_at: datetime) -> None:
@@ -129,16 +147,21 @@ class PostgresStore:
         )
 
     async def add_member(self, room_id: str, user_id: str, role: str) -> None:
-        async with self._conn() as conn, conn.transaction():
-            await conn.execute("INSERT INTO rooms (id, created_at) VALUES ($1, now()) ON CONFLICT DO NOTHING", room_id)
-            await conn.execute(
-                "INSERT INTO room_members (room_id, user_id, role) VALUES ($1, $2, $3) "
-                "ON CONFLICT (room_id, user_id) DO UPDATE SET role = "
-                "CASE WHEN room_members.role = 'owner' THEN 'owner' ELSE excluded.role END",
-                room_id,
-                user_id,
-                role,
-            )
+        async def op(conn: asyncpg.Connection) -> None:
+            async with conn.transaction():
+                await conn.execute(
+                    "INSERT INTO rooms (id, created_at) VALUES ($1, now()) ON CONFLICT DO NOTHING", room_id
+                )
+                await conn.execute(
+                    "INSERT INTO room_members (room_id, user_id, role) VALUES ($1, $2, $3) "
+                    "ON CONFLICT (room_id, user_id) DO UPDATE SET role = "
+                    "CASE WHEN room_members.role = 'owner' THEN 'owner' ELSE excluded.role END",
+                    room_id,
+                    user_id,
+                    role,
+                )
+
+        await self._run(op)
 
     async def member_role(self, room_id: str, user_id: str) -> str | None:
         row = await self._fetchrow(
@@ -156,21 +179,25 @@ class PostgresStore:
 
     # meetings
     async def insert_meeting(self, row: MeetingRow) -> None:
-        async with self._conn() as conn, conn.transaction():
-            await conn.execute(
-                "INSERT INTO rooms (id, created_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                row.room_id,
-                row.created_at,
-            )
-            await conn.execute(
-                f"INSERT INTO meetings ({_MEETING_COLS}) VALUES ($1, $2, $3, $4, $5, $6)",
-                row.id,
-                row.room_id,
-                row.name,
-                row.meeting_type,
-                row.expiration,
-                row.created_at,
-            )
+        async def op(conn: asyncpg.Connection) -> None:
+            async with conn.transaction():
+                await conn.execute(
+                    "INSERT INTO rooms (id, created_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                    row.room_id,
+                    row.created_at,
+                )
+                await conn.execute(
+                    f"INSERT INTO meetings ({_MEETING_COLS}) VALUES ($1, $2, $3, $4, $5, $6)",
+                    row.id,
+                    row.room_id,
+                    row.name,
+                    row.meeting_type,
+                    row.expiration,
+                    row.created_at,
+                )
+
+        # Not tried twice: had the first try committed, the second would answer StoreConflict.
+        await self._run(op, idempotent=False)
 
     async def delete_meeting(self, meeting_id: str) -> None:
         await self._execute("DELETE FROM meetings WHERE id = $1", meeting_id)
@@ -244,6 +271,7 @@ class PostgresStore:
             meeting_id,
             starter_id,
             started_at,
+            idempotent=False,
         )
 
     async def finish_recording(

@@ -483,6 +483,31 @@ async def test_postgres_outage_fails_calls_within_seconds_and_recovers(
         await store.close()
 
 
+async def test_postgres_answered_changes_survive_a_crash_of_the_server(
+    postgres_server: PostgresServer, tmp_path: Path
+) -> None:
+    store = await open_store(config_for(tmp_path, await fresh_database(postgres_server)))
+    try:
+        row = meeting("room-a")
+        await store.insert_meeting(row)
+        await store.add_member("room-a", "alice", "owner")
+        await store.put_waiting(row.id, "bob", "q1", "WAITING")
+        await store.insert_recording("rec", row.id, "alice", T0)
+        await asyncio.gather(*(store.count_waiting() for _ in range(8)))  # several pooled connections
+        postgres_server.kill()
+        postgres_server.start()
+        # Every pooled connection is dead now, and the server is back: reads go on, the lost
+        # connections replaced as they are found.
+        assert await store.get_meeting(row.id) == row
+        assert await store.members_of_room("room-a") == {"alice": "owner"}
+        assert [w.user_id for w in await store.waiting_of_meeting(row.id)] == ["bob"]
+        assert [r.id for r in await store.recordings()] == ["rec"]
+    finally:
+        if postgres_server.proc is None:
+            postgres_server.start()
+        await store.close()
+
+
 # --- configuration --------------------------------------------------------------------------
 
 
