@@ -32,6 +32,8 @@ _UNREACHABLE = (
     asyncpg.InterfaceError,
     asyncpg.OperatorInterventionError,
     asyncpg.InsufficientResourcesError,
+    # A connection whose protocol state the loss of its server left inconsistent.
+    asyncpg.InternalClientError,
 )
 
 # A connection found closed: the statement may not even have reached the server.
@@ -116,6 +118,10 @@ class PostgresStore:
         except asyncpg.UniqueViolationError as exc:
             raise StoreConflict(exc.detail or str(exc)) from exc
         except _UNREACHABLE as exc:
+            if isinstance(exc, _CONNECTION_LOST):
+                # The server closed it (a restart, a crash): the idle ones in the pool are as dead,
+                # even where the loop has not seen it yet. Each is replaced when next acquired.
+                await self._pool.expire_connections()
             raise StoreUnavailable(f"PostgreSQL at {self._where} unreachable: {exc or type(exc).__name__}") from exc
 
     async def _run(self, op: Callable[[asyncpg.Connection], Awaitable[T]], *, idempotent: bool = True) -> T:
