@@ -44,6 +44,9 @@ def _load(args: argparse.Namespace, warn: Callable[[str], None] | None = None) -
 def _serve(args: argparse.Namespace) -> int:
     warnings: list[str] = []
     config = _load(args, warnings.append)
+    if config.storage.database_url:
+        # control_api/storage has the PostgreSQL store; the domain moves onto it next (issue 11).
+        raise ConfigError("[storage] database_url: PostgreSQL is not served yet; leave it empty for SQLite")
     setup_logging(config.logging.level, config.logging.format)
     for line in warnings:  # logged once logging has its configured format
         log.warning(line)

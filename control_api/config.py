@@ -98,6 +98,11 @@ class AuthSettings:
 @dataclass(frozen=True)
 class StorageSettings:
     data_dir: Annotated[str, PATH] = "data"
+    database_url: str = ""  # empty: SQLite in data_dir; postgresql://...: PostgreSQL
+
+    def __post_init__(self) -> None:
+        if self.database_url and self.database_url.partition("://")[0] not in ("postgresql", "postgres"):
+            raise ConfigError("[storage] database_url: expected empty (SQLite) or a postgresql:// URL")
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+# The SQLite file's name inside [storage] data_dir.
+DB_FILENAME = "meeting-sfu.sqlite3"
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS rooms (
     id TEXT PRIMARY KEY,
@@ -88,9 +91,12 @@ class RecordingRow:
 class Store:
     """Synchronous SQLite access; every method is one short transaction."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, busy_timeout: float = 5.0) -> None:
+        """`busy_timeout`: how long a statement waits for another connection's write lock."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._db = sqlite3.connect(
+            str(path), timeout=busy_timeout, isolation_level=None, check_same_thread=False
+        )
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
@@ -197,6 +203,8 @@ class Store:
                 chunk,
             ).fetchall()
             out.extend(self._meeting(r) for r in rows)  # type: ignore[misc]
+        # Each chunk is sorted by SQLite; the whole answer must be too.
+        out.sort(key=lambda m: (m.created_at, m.id))
         return out
 
     def expired_meetings(self, now: datetime) -> list[MeetingRow]:

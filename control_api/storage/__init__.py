@@ -1,0 +1,20 @@
+"""Durable state behind one async interface: SQLite in data_dir by default, PostgreSQL when
+`[storage] database_url` is set (DESIGN 9.2)."""
+
+from __future__ import annotations
+
+from ..config import Config
+from ..store import DB_FILENAME
+from .interface import AsyncStore, StoreConflict, StoreUnavailable
+from .postgres import PostgresStore
+from .sqlite import SqliteStore
+
+__all__ = ["AsyncStore", "StoreConflict", "StoreUnavailable", "open_store"]
+
+
+async def open_store(config: Config) -> AsyncStore:
+    """The backend the configuration names, opened (PostgreSQL: connected and migrated)."""
+    url = config.storage.database_url
+    if not url:
+        return await SqliteStore.open(config.data_path / DB_FILENAME)
+    return await PostgresStore.open(url)  # the scheme was checked when the config was read
