@@ -23,6 +23,7 @@ log = logging.getLogger("meeting_sfu.worker")
 
 STATS_INTERVAL = 1.0  # seconds between stats snapshots sent to the control plane
 CLOSE_TIMEOUT = 5.0  # seconds a shutdown may take to close every meeting
+MAX_BUFFERED_BYTES = 64 * 1024 * 1024  # unsent channel bytes beyond which events are dropped
 
 
 def _die_with_parent() -> None:
@@ -39,6 +40,7 @@ class WorkerServer:
         self.reader = reader
         self.writer = writer
         self.service: LocalMediaService | None = None
+        self.events_dropped = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
     def send(self, message: dict[str, Any]) -> None:
@@ -137,8 +139,7 @@ class WorkerServer:
         )
         bind_ice()  # a taken [media] udp_port is refused here, in one line
         sockets = await start_ice()
-        self.service = LocalMediaService(settings, recorder_factory=MeetingRecording)
-        self._spawn(self._pump_events())
+        self.service = LocalMediaService(settings, recorder_factory=MeetingRecording, event_sink=self._send_event)
         self._spawn(self._send_stats())
         self._spawn(measure_loop_lag(self.service.stats))
         log.info(
@@ -152,11 +153,15 @@ class WorkerServer:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _pump_events(self) -> None:
-        assert self.service is not None
-        async for event in self.service.events():
-            self.send({"event": event_to_wire(event)})
-            await self.writer.drain()
+    def _send_event(self, event: Any) -> None:
+        """Written at once, in the order of the media plane's work: an event a request caused
+        is on the channel before that request's answer (which is written when it returns)."""
+        buffered = self.writer.transport.get_write_buffer_size() if not self.writer.is_closing() else 0
+        if buffered > MAX_BUFFERED_BYTES:  # the control plane stopped reading: it is stuck or gone
+            self.events_dropped += 1
+            log.error("media event dropped (channel full) worker=%s event=%s", self.index, type(event).__name__)
+            return
+        self.send({"event": event_to_wire(event)})
 
     async def _send_stats(self) -> None:
         assert self.service is not None

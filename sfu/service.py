@@ -59,6 +59,7 @@ class LocalMediaService:
         settings: MediaPlaneSettings | None = None,
         *,
         recorder_factory: RecorderFactory | None = None,
+        event_sink: Callable[[MediaEvent], None] | None = None,
         check_hooks: bool = True,
     ) -> None:
         if check_hooks:
@@ -69,6 +70,9 @@ class LocalMediaService:
         self._bridges: dict[str, AudioBridge] = {}
         self._recordings: dict[str, MeetingRecorder] = {}
         self._events: asyncio.Queue[MediaEvent] | None = None
+        # A media worker passes its channel here: each event is written as it happens, so it
+        # reaches the control plane before the answer of the request that caused it.
+        self._event_sink = event_sink
         self.events_dropped = 0
         self.stats = MediaStats()
         self.closed = False
@@ -84,6 +88,9 @@ class LocalMediaService:
         return self._events
 
     def _emit(self, event: MediaEvent) -> None:
+        if self._event_sink is not None:
+            self._event_sink(event)
+            return
         try:
             self._queue().put_nowait(event)
         except asyncio.QueueFull:

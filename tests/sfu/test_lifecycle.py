@@ -151,3 +151,20 @@ async def test_keyframe_requests_are_throttled_per_producer(service, events):
     finally:
         await sub.close()
         await pub.close()
+
+
+async def test_the_events_a_request_caused_arrive_before_its_answer(media, events):
+    """Across the worker channel too: the end of the producer is known when unpublish returns,
+    as it is in process (the control plane relies on that order)."""
+    service = media
+    for round_ in range(3):
+        pub, sub, stream = await _watching(service, events, start=round_ * 1000)
+        try:
+            before = len(events.of(ProducerStateChanged, user_id="alice", active=False))
+            await bounded(service.unpublish(MEETING, "alice", "video"))
+            await asyncio.sleep(0)
+            assert len(events.of(ProducerStateChanged, user_id="alice", active=False)) == before + 1
+        finally:
+            await sub.close()
+            await pub.close()
+            await bounded(service.close_meeting(MEETING))
