@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import signal
+import socket
 import sqlite3
 import sys
 import textwrap
@@ -89,14 +90,19 @@ async def _run(app, config: Config) -> None:  # noqa: ANN001
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        try:  # the media workers run before the node answers: a first join does not wait for them
-            await app[MEDIA].start()
-        except RuntimeError as exc:
-            raise StartupError(str(exc)) from None
+        # Bound first (a taken port is one line at once), served once the media workers run,
+        # so that a first join does not wait for them.
         try:
-            await web.TCPSite(runner, host, port).start()
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            listener = socket.create_server((host, port), family=family, backlog=1024)
         except OSError as exc:
             raise bind_error(host, port, exc) from None
+        try:
+            await app[MEDIA].start()
+        except RuntimeError as exc:
+            listener.close()
+            raise StartupError(str(exc)) from None
+        await web.SockSite(runner, listener).start()
         url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
         demo = f" demo={url}/demo" if config.demo.enabled else ""
         log.info("serving url=%s%s data_dir=%s", url, demo, config.data_path.absolute())

@@ -51,12 +51,18 @@ class Meeting:
         assert (status, body) == (200, {"status": "ACCEPTED"}), body
         return events
 
-    async def start(self) -> None:
-        status, meeting = await self.server.call(
-            "POST", "/meetings", self.owner_token, {"name": "m", "roomId": self.room, "meetingType": "permanent"}
-        )
-        assert status == 200, meeting
-        self.id = meeting["id"]
+    async def start(self, again_of: Meeting | None = None) -> None:
+        """Create, start, join, publish and watch; `again_of`: start that meeting again instead."""
+        if again_of is None:
+            status, meeting = await self.server.call(
+                "POST", "/meetings", self.owner_token, {"name": "m", "roomId": self.room, "meetingType": "permanent"}
+            )
+            assert status == 200, meeting
+            self.id = meeting["id"]
+        else:
+            self.room, self.id = again_of.room, again_of.id
+            self.owner, self.owner_token = again_of.owner, again_of.owner_token
+            self.member, self.member_token = again_of.member, again_of.member_token
         assert (await self.call(self.owner_token, "POST", "/start"))[0] == 200
         self.owner_events = await self.join(self.owner_token)
         self.member_events = await self.join(self.member_token)
@@ -135,21 +141,10 @@ async def test_meetings_spread_over_workers_and_a_killed_worker_costs_only_its_o
         assert "meeting_sfu_worker_restarts_total 1.0" in text
         assert 'meeting_sfu_peer_connections{state="connected",worker="' in text
         again = Meeting(server)
-        again.room, again.owner, again.owner_token = first.room, first.owner, first.owner_token
-        again.member, again.member_token = first.member, first.member_token
-        # same room and meeting: start it again
-        again.id = first.id
-        assert (await again.call(again.owner_token, "POST", "/start"))[0] == 200
-        again.owner_events = await again.join(again.owner_token)
-        again.member_events = await again.join(again.member_token)
-        status, body = await again.call(
-            again.owner_token, "PUT", "/media", {"type": "video", "enabled": True, "sdp": await again.pub.offer()}
-        )
-        assert status == 204, body
-        answered = await again.owner_events.wait("MEETING_SDP_ANSWERED")
-        await bounded(again.pub.accept(answered["sdp"]))
-        await again.member_events.wait("MEETING_MEDIA_STREAM_CHANGED", lambda m: m.get("active") is True, timeout=10)
-        await again.close()
+        try:
+            await again.start(again_of=first)  # the same meeting, with media again
+        finally:
+            await again.close()
     finally:
         await first.close()
         await second.close()

@@ -62,9 +62,10 @@ def test_bitrate_caps_cross_the_worker_boundary():
 
 
 def test_config_keys_reach_the_media_plane():
-    from control_api.config import ConfigError, MediaSettings
+    from control_api.config import Config, ConfigError
 
-    plane = MediaSettings(max_video_bitrate=900_000, max_screen_bitrate=800_000).plane_settings()
+    media = Config().with_overrides({"media": {"max_video_bitrate": 900_000, "max_screen_bitrate": 800_000}}).media
+    plane = media.plane_settings()
     assert (plane.max_video_bitrate, plane.max_screen_bitrate) == (900_000, 800_000)
     with pytest.raises(ConfigError):
-        MediaSettings(max_video_bitrate=10)
+        Config().with_overrides({"media": {"max_video_bitrate": 10}})
