@@ -56,3 +56,16 @@ async def test_forwarding_moves_media_metrics(media, events):
     finally:
         await sub.close()
         await pub.close()
+
+
+def test_summing_snapshots_never_writes_into_the_process_counters():
+    """The shared UDP sockets' drop counters are one process-wide dict: summing workers'
+    snapshots for /metrics must not add into it (it did once)."""
+    from sfu.metrics import UDP_DATAGRAMS_DROPPED, MediaStats
+
+    before = dict(UDP_DATAGRAMS_DROPPED)
+    snap = MediaStats().snapshot()
+    snap["udp_datagrams_dropped"] = {reason: 5 for reason in before}
+    total = MediaStats.merged([snap, snap])
+    assert total.udp_datagrams_dropped == {reason: 10 for reason in before}
+    assert UDP_DATAGRAMS_DROPPED == before
