@@ -68,4 +68,7 @@ def test_the_readme_tables_are_those_of_the_committed_results():
     root = RESULTS.parents[2]
     text = (root / "README.md").read_text()
     for path in sorted((root / "bench" / "results").glob("*.json")):
-        assert render(json.loads(path.read_text())) in text, path.name
+        report = json.loads(path.read_text())
+        if report.get("bench") != "meeting-sfu load":
+            continue  # other benches (capacity, simulcast) are quoted in prose, not as these tables
+        assert render(report) in text, path.name
