@@ -153,6 +153,45 @@ def unwrap_rtx(data: bytes, offset: int, media_pt: int, media_ssrc: int) -> byte
     return bytes(header) + data[offset + 2:]
 
 
+def read_extension(data: bytes, ext_id: int) -> bytes | None:
+    """The value of header extension `ext_id` in an RTP packet (one- or two-byte form)."""
+    b0 = data[0]
+    if not b0 & 0x10 or ext_id <= 0:
+        return None
+    off = 12 + (b0 & 0x0F) * 4
+    n = len(data)
+    if off + 4 > n:
+        return None
+    profile = (data[off] << 8) | data[off + 1]
+    end = off + 4 + ((data[off + 2] << 8) | data[off + 3]) * 4
+    if end > n:
+        return None
+    i = off + 4
+    if profile == 0xBEDE:
+        while i < end:
+            byte = data[i]
+            if byte == 0:
+                i += 1
+                continue
+            xid, size = byte >> 4, (byte & 0x0F) + 1
+            if xid == 15:
+                return None
+            if xid == ext_id:
+                return data[i + 1:min(i + 1 + size, end)]
+            i += 1 + size
+    elif profile & 0xFFF0 == 0x1000:
+        while i + 1 < end:
+            xid = data[i]
+            if xid == 0:
+                i += 1
+                continue
+            size = data[i + 1]
+            if xid == ext_id:
+                return data[i + 2:min(i + 2 + size, end)]
+            i += 2 + size
+    return None
+
+
 def header_length(data: bytes) -> int:
     """Length of a well-formed RTP header this module built (no CSRCs)."""
     if data[0] & 0x10:
@@ -188,6 +227,7 @@ __all__ = [
     "ntp_from_unix",
     "payload_end",
     "payload_offset",
+    "read_extension",
     "seq_newer",
     "unwrap_rtx",
     "vp8_is_keyframe_start",

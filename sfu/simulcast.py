@@ -32,7 +32,16 @@ from .aiortc_hooks import SendPath
 from .bandwidth import ALLOCATE_SECONDS, Prober, StreamDemand, SubscriberBudget, quality_cap
 from .consumer import HISTORY_SIZE, KEYFRAME_RETRY_SECONDS, Consumer, SendParameters, StreamState
 from .producer import KEYFRAME_REQUEST_INTERVAL, Producer
-from .rtp import HEADER, SEQ_TS, U32, abs_send_time_bytes, h264_is_keyframe_start, payload_offset, unwrap_rtx
+from .rtp import (
+    HEADER,
+    SEQ_TS,
+    U32,
+    abs_send_time_bytes,
+    h264_is_keyframe_start,
+    payload_offset,
+    read_extension,
+    unwrap_rtx,
+)
 from .simulcast_sdp import SimulcastOffer, add_simulcast_answer
 
 if TYPE_CHECKING:
@@ -50,45 +59,6 @@ SWITCH_WINDOW = 100  # packets after a switch during which older ones are droppe
 PAD_SECONDS = 0.05  # padding is sent in bursts this far apart
 _PADDING = bytes(254) + b"\xff"  # a padding-only payload: 255 bytes, the last one is the count
 _VP8_FULL = struct.Struct("!BBHBB")  # VP8 descriptor: X=1; I, L and T/K; 15-bit picture id
-
-
-def read_extension(data: bytes, ext_id: int) -> bytes | None:
-    """The value of header extension `ext_id` in an RTP packet (one- or two-byte form)."""
-    b0 = data[0]
-    if not b0 & 0x10 or ext_id <= 0:
-        return None
-    off = 12 + (b0 & 0x0F) * 4
-    n = len(data)
-    if off + 4 > n:
-        return None
-    profile = (data[off] << 8) | data[off + 1]
-    end = off + 4 + ((data[off + 2] << 8) | data[off + 3]) * 4
-    if end > n:
-        return None
-    i = off + 4
-    if profile == 0xBEDE:
-        while i < end:
-            byte = data[i]
-            if byte == 0:
-                i += 1
-                continue
-            xid, size = byte >> 4, (byte & 0x0F) + 1
-            if xid == 15:
-                return None
-            if xid == ext_id:
-                return data[i + 1:i + 1 + size]
-            i += 1 + size
-    elif profile & 0xFFF0 == 0x1000:
-        while i + 1 < end:
-            xid = data[i]
-            if xid == 0:
-                i += 1
-                continue
-            size = data[i + 1]
-            if xid == ext_id:
-                return data[i + 2:i + 2 + size]
-            i += 2 + size
-    return None
 
 
 class Layer:
@@ -762,5 +732,4 @@ __all__ = [
     "SimulcastProducer",
     "SubscriberBandwidth",
     "new_consumer",
-    "read_extension",
 ]

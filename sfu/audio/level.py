@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 
+from ..rtp import read_extension
+
 SILENT = 127
 _FULL_SCALE_SQUARED = 32767.0 * 32767.0
 
@@ -24,42 +26,10 @@ def level_of(samples: np.ndarray) -> int:
 
 
 def audio_level_extension(data: bytes, ext_id: int) -> int:
-    """The RFC 6464 level carried by extension `ext_id` of an RTP packet, or -1 when absent.
-
-    Reads one-byte (0xBEDE) and two-byte (0x100x) header extension blocks; never raises."""
-    if len(data) < 16 or not data[0] & 0x10:
-        return -1
-    start = 12 + (data[0] & 0x0F) * 4
-    if start + 4 > len(data):
-        return -1
-    profile = (data[start] << 8) | data[start + 1]
-    end = start + 4 + ((data[start + 2] << 8) | data[start + 3]) * 4
-    if end > len(data):
-        return -1
-    i = start + 4
-    if profile == 0xBEDE:
-        while i < end:
-            b = data[i]
-            if b == 0:  # padding
-                i += 1
-                continue
-            xid, length = b >> 4, (b & 0x0F) + 1
-            if xid == 15:
-                return -1
-            if xid == ext_id and i + 1 < end:
-                return data[i + 1] & 0x7F
-            i += 1 + length
-    elif profile & 0xFFF0 == 0x1000:
-        while i + 1 < end:
-            xid = data[i]
-            if xid == 0:
-                i += 1
-                continue
-            length = data[i + 1]
-            if xid == ext_id and length >= 1 and i + 2 < end:
-                return data[i + 2] & 0x7F
-            i += 2 + length
-    return -1
+    """The RFC 6464 level carried by extension `ext_id` of an RTP packet, or -1 when absent
+    (one- or two-byte header extensions; never raises)."""
+    value = read_extension(data, ext_id)
+    return value[0] & 0x7F if value else -1
 
 
 class TalkingDetector:

@@ -12,7 +12,8 @@ from sfu.aiortc_hooks import SendPath
 from sfu.consumer import SendParameters, StreamState
 from sfu.metrics import MediaStats
 from sfu.producer import CodecChoice
-from sfu.simulcast import LAYER_ACTIVE_SECONDS, SimulcastConsumer, SimulcastProducer, read_extension
+from sfu.rtp import read_extension
+from sfu.simulcast import LAYER_ACTIVE_SECONDS, SimulcastConsumer, SimulcastProducer
 from sfu.simulcast_sdp import SimulcastOffer
 
 from .synthetic_rtp import REPAIRED_RID_EXT, RID_EXT, parse_out, rtp, rtx, vp8_payload
