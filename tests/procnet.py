@@ -1,5 +1,6 @@
-"""Which UDP sockets a set of processes holds, read from /proc (Linux): each process's socket
-file descriptors resolved against its network namespace's /proc/<pid>/net/udp and udp6."""
+"""Processes seen from /proc (Linux): which UDP sockets a set of them holds (each socket file
+descriptor resolved against its network namespace's /proc/<pid>/net/udp and udp6), and a
+process's children (a node's media workers)."""
 
 from __future__ import annotations
 
@@ -57,4 +58,32 @@ def udp_sockets(pids: Iterable[int]) -> list[tuple[str, int]]:
     return sorted(inodes.values())
 
 
-__all__ = ["udp_sockets"]
+
+
+def _stat_fields(pid: int | str) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (state first), None when gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def child_pids(pid: int) -> set[int]:
+    """The live processes whose parent is `pid` (a node's media workers)."""
+    out = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            fields = _stat_fields(entry)
+            if fields is not None and int(fields[1]) == pid:
+                out.add(int(entry))
+    return out
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie does not)."""
+    fields = _stat_fields(pid)
+    return fields is not None and fields[0] != "Z"
+
+
+__all__ = ["alive", "child_pids", "udp_sockets"]

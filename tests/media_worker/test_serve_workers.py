@@ -15,6 +15,7 @@ import aiohttp
 
 from control_api.auth import TokenAuthority
 from tests.helpers import SECRET, new_id
+from tests.procnet import alive, child_pids
 from tests.sfu.clients import Publisher, bounded
 
 
@@ -22,28 +23,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def children(pid: int) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                out.append(int(entry))
-    return out
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 async def test_sigterm_stops_the_node_and_its_workers_within_10_s(tmp_path):
@@ -72,7 +51,7 @@ async def test_sigterm_stops_the_node_and_its_workers_within_10_s(tmp_path):
                     await asyncio.sleep(0.1)
             else:
                 raise AssertionError((tmp_path / "serve.log").read_text())
-            workers = children(proc.pid)
+            workers = child_pids(proc.pid)
             assert len(workers) == 2, "the workers are up before the node answers"
             for pid in workers:
                 with open(f"/proc/{pid}/cmdline", "rb") as f:

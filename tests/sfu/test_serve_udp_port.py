@@ -18,7 +18,7 @@ from aiortc.mediastreams import AudioStreamTrack
 
 from control_api.auth import TokenAuthority
 from tests.helpers import SECRET, EventsClient, new_id
-from tests.procnet import udp_sockets
+from tests.procnet import child_pids, udp_sockets
 
 from .clients import Publisher, Subscriber, bounded, client_pc, eventually
 
@@ -50,19 +50,6 @@ def _free_port_pair() -> int:
             for s in socks:
                 s.close()
     raise AssertionError("no two consecutive free UDP ports")
-
-
-def _children(pid: int) -> set[int]:
-    out = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
-                        out.add(int(entry))
-            except OSError:
-                continue
-    return out
 
 
 def _candidate_addresses(sdp: str) -> set[tuple[str, int]]:
@@ -140,7 +127,7 @@ async def test_serve_holds_one_udp_socket_per_ice_address_on_the_configured_port
         await _wait_health(url, proc)
         expected = sorted((a, p) for a in ADDRESSES for p in (udp_port, udp_port + 1))
         for _ in range(300):  # HTTP answers first; the workers bind while it does
-            workers = _children(proc.pid)
+            workers = child_pids(proc.pid)
             if len(workers) == 2 and udp_sockets(workers) == expected:
                 break
             await asyncio.sleep(0.1)
@@ -212,7 +199,7 @@ async def test_serve_holds_one_udp_socket_per_ice_address_on_the_configured_port
                 assert _candidate_addresses(sdp) == {(a, port) for a in ADDRESSES}, sdp
                 assert ports.setdefault(meeting_index, port) == port
             assert sorted(ports.values()) == [udp_port, udp_port + 1]
-            assert _children(proc.pid) == workers
+            assert child_pids(proc.pid) == workers
             assert udp_sockets(workers) == expected
             assert udp_sockets({proc.pid}) == []
     finally:
