@@ -29,6 +29,7 @@ from sfu.api import (
     TIMEOUT,
     UNAVAILABLE,
     WORKER_LOST,
+    EventQueue,
     MediaError,
     MediaEvent,
     MeetingLost,
@@ -49,7 +50,6 @@ REQUEST_TIMEOUT = 15.0  # seconds for one media request (an SDP answer takes mil
 HUNG_AFTER = 15.0  # seconds without a stats snapshot (sent every second) before a worker is killed
 STATS_TIMEOUT = 1.0  # seconds to wait for fresh stats on a scrape (the last ones serve after)
 STOP_TIMEOUT = 6.0  # seconds for a worker to close its meetings and exit at shutdown
-EVENT_QUEUE_LIMIT = 10_000
 RESTART_BACKOFF = (0.0, 0.5, 1.0, 2.0, 5.0, 10.0)  # seconds before restart n (crash loops)
 
 
@@ -90,7 +90,6 @@ class Worker:
 
     def take_stats(self, snapshot: dict[str, Any]) -> None:
         self.snapshot = snapshot
-        self.heard_at = time.monotonic()
         out = sum((snapshot.get("rtp_packets_out") or {}).values())
         now = time.monotonic()
         if self._last_packets is not None and now > self._last_packets[0]:
@@ -120,7 +119,7 @@ class WorkerPool:
         self.closed = False
         self._pins: dict[str, Worker] = {}
         self._ids = itertools.count(1)
-        self._events: asyncio.Queue[MediaEvent] | None = None
+        self._events = EventQueue()
         self._retired: dict[str, Any] = {}
         self._started: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -383,21 +382,11 @@ class WorkerPool:
 
     # --- events -----------------------------------------------------------------------------
 
-    def _queue(self) -> asyncio.Queue[MediaEvent]:
-        if self._events is None:
-            self._events = asyncio.Queue(EVENT_QUEUE_LIMIT)
-        return self._events
-
     def _emit(self, event: MediaEvent) -> None:
-        try:
-            self._queue().put_nowait(event)
-        except asyncio.QueueFull:
-            log.error("media event dropped (nobody reads events) event=%s", type(event).__name__)
+        self._events.put(event)
 
-    async def events(self) -> AsyncIterator[MediaEvent]:
-        queue = self._queue()
-        while True:
-            yield await queue.get()
+    def events(self) -> AsyncIterator[MediaEvent]:
+        return aiter(self._events)
 
     # --- MediaService -----------------------------------------------------------------------
 
@@ -473,9 +462,6 @@ class WorkerPool:
             retired=self._retired or None,
             restarts=self.restarts,
         )
-
-    def pids(self) -> list[int]:
-        return [w.pid for w in self.workers if w.pid is not None and w.ready]
 
     def worker_of(self, meeting_id: str) -> int | None:
         worker = self._pins.get(meeting_id)

@@ -40,7 +40,6 @@ class WorkerServer:
         self.reader = reader
         self.writer = writer
         self.service: LocalMediaService | None = None
-        self.events_dropped = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
     def send(self, message: dict[str, Any]) -> None:
@@ -158,7 +157,6 @@ class WorkerServer:
         is on the channel before that request's answer (which is written when it returns)."""
         buffered = self.writer.transport.get_write_buffer_size() if not self.writer.is_closing() else 0
         if buffered > MAX_BUFFERED_BYTES:  # the control plane stopped reading: it is stuck or gone
-            self.events_dropped += 1
             log.error("media event dropped (channel full) worker=%s event=%s", self.index, type(event).__name__)
             return
         self.send({"event": event_to_wire(event)})

@@ -10,9 +10,13 @@ control plane maps to its own status.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal, Protocol
+
+log = logging.getLogger("meeting_sfu.sfu")
 
 StreamKind = Literal["video", "screen"]
 PeerKind = Literal["audio", "video", "screen", "subscriber"]
@@ -153,6 +157,31 @@ def event_from_wire(data: dict[str, Any]) -> MediaEvent:
     return cls(**values)
 
 
+class EventQueue:
+    """The media plane's events waiting for their one reader (bounded: beyond `limit` unread
+    events something is stuck, and later ones are dropped and logged)."""
+
+    def __init__(self, limit: int = 10_000) -> None:
+        self.limit = limit
+        self._queue: asyncio.Queue[MediaEvent] | None = None  # made on the running loop
+
+    def _get(self) -> asyncio.Queue[MediaEvent]:
+        if self._queue is None:
+            self._queue = asyncio.Queue(self.limit)
+        return self._queue
+
+    def put(self, event: MediaEvent) -> None:
+        try:
+            self._get().put_nowait(event)
+        except asyncio.QueueFull:
+            log.error("media event dropped (nobody reads events) event=%s", type(event).__name__)
+
+    async def __aiter__(self) -> AsyncIterator[MediaEvent]:
+        queue = self._get()
+        while True:
+            yield await queue.get()
+
+
 class MediaService(Protocol):
     """What the control plane may ask of the media plane. All calls are idempotent where
     the wording allows ("close", "remove"); ids are strings (UUIDs)."""
@@ -226,6 +255,7 @@ __all__ = [
     "BAD_SDP",
     "CLOSED",
     "ERROR_CODES",
+    "EventQueue",
     "GONE",
     "INTERNAL",
     "NO_OFFER",

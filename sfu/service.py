@@ -8,7 +8,6 @@ inside each media worker process, and what unit tests drive in-process.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
@@ -18,6 +17,7 @@ from .api import (
     BAD_KIND,
     NO_OFFER,
     UNAVAILABLE,
+    EventQueue,
     MediaError,
     MediaEvent,
     RecordingResult,
@@ -35,7 +35,6 @@ from .settings import MediaPlaneSettings
 log = logging.getLogger("meeting_sfu.sfu.service")
 
 _KINDS = ("video", "screen")
-EVENT_QUEUE_LIMIT = 10_000  # events waiting for the control plane; beyond, dropped and logged
 
 
 class MeetingRecorder(Protocol):
@@ -69,11 +68,10 @@ class LocalMediaService:
         self._routers: dict[str, Router] = {}
         self._bridges: dict[str, AudioBridge] = {}
         self._recordings: dict[str, MeetingRecorder] = {}
-        self._events: asyncio.Queue[MediaEvent] | None = None
+        self._events = EventQueue()
         # A media worker passes its channel here: each event is written as it happens, so it
         # reaches the control plane before the answer of the request that caused it.
         self._event_sink = event_sink
-        self.events_dropped = 0
         self.stats = MediaStats()
         self.closed = False
 
@@ -82,25 +80,14 @@ class LocalMediaService:
 
     # --- events -----------------------------------------------------------------------------
 
-    def _queue(self) -> asyncio.Queue[MediaEvent]:
-        if self._events is None:
-            self._events = asyncio.Queue(EVENT_QUEUE_LIMIT)
-        return self._events
-
     def _emit(self, event: MediaEvent) -> None:
         if self._event_sink is not None:
             self._event_sink(event)
-            return
-        try:
-            self._queue().put_nowait(event)
-        except asyncio.QueueFull:
-            self.events_dropped += 1
-            log.error("media event dropped (nobody reads events) event=%s", type(event).__name__)
+        else:
+            self._events.put(event)
 
-    async def events(self) -> AsyncIterator[MediaEvent]:
-        queue = self._queue()
-        while True:
-            yield await queue.get()
+    def events(self) -> AsyncIterator[MediaEvent]:
+        return aiter(self._events)
 
     # --- meetings ---------------------------------------------------------------------------
 
