@@ -15,7 +15,9 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from . import fastpath
 from .aiortc_hooks import SendPath
+from .fastpath import StreamBase
 from .rtp import HEADER, U16, wrap_rtx
 
 if TYPE_CHECKING:
@@ -77,8 +79,12 @@ class SendParameters:
         self.path = path
 
 
-class Consumer:
-    """Forwards one producer's RTP to one subscriber m-line (see module docstring)."""
+class Consumer(StreamBase):
+    """Forwards one producer's RTP to one subscriber m-line (see module docstring).
+
+    The per-packet state (bound, paused, waiting_keyframe, pt, ssrc, x_bit, has_abs, ext_before,
+    ext_after, src_ssrc, seq_off, ts_off, max_seq, max_ts, last_time, history, packets, octets)
+    lives in `StreamBase` (sfu.fastpath): the compiled fast path reads and writes it too."""
 
     __slots__ = (
         "producer",
@@ -87,34 +93,16 @@ class Consumer:
         "on_close",
         "closed",
         # send parameters, copied from SendParameters for the hot path
-        "bound",
-        "pt",
         "rtx_pt",
-        "ssrc",
         "rtx_ssrc",
-        "ext_before",
-        "ext_after",
-        "has_abs",
-        "x_bit",
         "protect",
         "sendto",
         "addr",
         # rewriting state
-        "paused",
-        "waiting_keyframe",
-        "src_ssrc",
-        "seq_off",
-        "ts_off",
-        "max_seq",
-        "max_ts",
-        "last_time",
         "rtx_seq",
         "clock_rate",
-        "history",
         "last_keyframe_request",
         # counters
-        "packets",
-        "octets",
         "retransmitted",
         "dropped",
         "rtx_refused",
@@ -183,6 +171,7 @@ class Consumer:
         self.protect = params.path.protect
         self.sendto = params.path.sendto
         self.addr = params.path.addr
+        fastpath.attach_send(self, params.path)
         self.bound = True
         self._maybe_start()
 
@@ -212,6 +201,7 @@ class Consumer:
         self.closed = True
         self.producer.remove_consumer(self)
         self.history = []
+        self.set_fast_send(None)
         if self.on_close is not None:
             callback, self.on_close = self.on_close, None
             callback(self)

@@ -85,6 +85,7 @@ class MediaStats:
         self.recorder_bytes = 0
         self.udp_datagrams_dropped = UDP_DATAGRAMS_DROPPED  # by reason, see UDP_DROP_REASONS
         self.recorder_dropped = 0  # packets and mix frames not recorded: the disk was behind
+        self.send_errors = 0  # forwarded copies the fast path could not protect or send (dropped)
         self.rtt_seconds = Histogram((0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0))
         self.jitter_seconds = Histogram((0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1))
         self.forwarding_seconds = Histogram(
@@ -228,6 +229,11 @@ class MediaCollector(Collector):
                 s.keyframe_requests_sent,
             ),
             ("meeting_sfu_recorder_bytes", "Bytes of media written by recordings", s.recorder_bytes),
+            (
+                "meeting_sfu_rtp_send_errors",
+                "Forwarded RTP copies dropped because they could not be protected or sent",
+                s.send_errors,
+            ),
             (
                 "meeting_sfu_recorder_dropped",
                 "RTP packets and mix frames not recorded because the disk was behind",

@@ -12,7 +12,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
-from . import aiortc_hooks, peer
+from . import aiortc_hooks, fastpath, peer
 from .api import (
     BAD_KIND,
     NO_OFFER,
@@ -63,6 +63,7 @@ class LocalMediaService:
     ) -> None:
         if check_hooks:
             aiortc_hooks.check_private_api()
+        fastpath.announce()
         self.settings = settings if settings is not None else MediaPlaneSettings()
         self._recorder_factory = recorder_factory
         self._routers: dict[str, Router] = {}

@@ -31,7 +31,7 @@ from . import vp8
 from .aiortc_hooks import SendPath
 from .bandwidth import ALLOCATE_SECONDS, Prober, StreamDemand, SubscriberBudget, quality_cap
 from .consumer import HISTORY_SIZE, KEYFRAME_RETRY_SECONDS, Consumer, SendParameters, StreamState
-from .producer import KEYFRAME_REQUEST_INTERVAL, Producer
+from .producer import KEYFRAME_REQUEST_INTERVAL, LATENCY_SAMPLE, Producer
 from .rtp import (
     HEADER,
     SEQ_TS,
@@ -235,7 +235,8 @@ class SimulcastProducer(Producer):
         if sent:
             stats.rtp_packets_out[kind] += sent
             stats.rtp_bytes_out[kind] += octets
-            stats.forwarding_seconds.observe(time.monotonic() - now)
+            if not self.packets & (LATENCY_SAMPLE - 1):
+                stats.forwarding_seconds.observe(time.monotonic() - now)
 
     # --- layers (cold path) -----------------------------------------------------------------
 

@@ -90,6 +90,7 @@ class UdpMux(asyncio.DatagramProtocol):
         self._verified: set[Address] = set()
         self._learned: dict[Endpoint, set[Address]] = {}
         self._dropped = UDP_DATAGRAMS_DROPPED
+        self._send_fd: Any = None
 
     # --- asyncio ----------------------------------------------------------------------------
 
@@ -170,6 +171,22 @@ class UdpMux(asyncio.DatagramProtocol):
         if verified:
             self._verified.add(addr)
 
+    def send_fd(self) -> Any:
+        """A duplicate of the socket's descriptor for the compiled fast path (sfu.fastpath),
+        made once; None without the extension or once closed. The duplicate is closed when its
+        last user goes, so a consumer never sends on a descriptor reused for another file."""
+        if self.closed:
+            return None
+        if self._send_fd is None:
+            from . import fastpath
+
+            fileno = self.sock.fileno()
+            if fileno < 0 and self.transport is not None:  # an event loop that took the socket over
+                sock = self.transport.get_extra_info("socket")
+                fileno = sock.fileno() if sock is not None else -1
+            self._send_fd = fastpath.socket_fd(fileno)
+        return self._send_fd
+
     def table_sizes(self) -> dict[str, int]:
         """Entries of each table (tests check they drain when connections close)."""
         return {
@@ -182,6 +199,7 @@ class UdpMux(asyncio.DatagramProtocol):
     def close(self) -> None:
         self.closed = True
         self.sendto = _closed_sendto
+        self._send_fd = None  # consumers still holding it keep the duplicate open, harmlessly
         if self.transport is not None and self.loop is not None and not self.loop.is_closed():
             self.transport.close()
         else:  # never opened, or its loop is gone (a test's loop): the socket itself

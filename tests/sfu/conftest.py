@@ -85,3 +85,19 @@ async def media(request, events):
         svc = WorkerPool(MediaPlaneSettings(ice_addresses=("127.0.0.1",)), 2)
     async with running(svc, events) as svc:
         yield svc
+
+
+@pytest.fixture(params=["fast", "python"])
+def forwarding_path(request, monkeypatch):
+    """Both forwarding paths (sfu.fastpath): the compiled one when built, and pure Python, in
+    this process and in worker processes (which read MEETING_SFU_FASTPATH when they start).
+    Use it before any service fixture (e.g. `pytest.mark.usefixtures("forwarding_path")`)."""
+    from sfu import fastpath
+
+    if request.param == "fast":
+        if not fastpath.available:
+            pytest.skip(fastpath.describe())
+    else:
+        monkeypatch.setattr(fastpath, "enabled", False)
+        monkeypatch.setenv(fastpath.ENV, "0")
+    return request.param

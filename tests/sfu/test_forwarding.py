@@ -4,11 +4,15 @@ import asyncio
 
 import aiortc.rtcrtpreceiver
 import aiortc.rtcrtpsender
+import pytest
 
 from sfu.api import ProducerStateChanged
 
 from .clients import Publisher, Subscriber, assert_counters_match, bounded, eventually
 from .helpers import MEETING, live_counts, media_stats, ref, router, subscribe
+
+# Every test here runs on both forwarding paths (the compiled fast path and pure Python).
+pytestmark = pytest.mark.usefixtures("forwarding_path")
 
 
 async def test_one_publisher_three_subscribers_decode_matching_frames(media, events):
