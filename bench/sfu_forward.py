@@ -203,10 +203,16 @@ class BenchSubscriber:
         return self.frames if self.full else self.markers
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_split(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of a process."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def cpu_seconds(pid: int) -> float:
+    return sum(cpu_split(pid))
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -264,9 +270,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 print(s.full, s.pc.connectionState, s.count, file=sys.stderr)
         counts0 = [s.count for s in subs]
         stats0 = await sig.call(op="stats")
-        cpu0, t0 = cpu_seconds(child.pid), time.monotonic()
+        (user0, sys0), t0 = cpu_split(child.pid), time.monotonic()
         await asyncio.sleep(args.seconds)
-        cpu1, t1 = cpu_seconds(child.pid), time.monotonic()
+        (user1, sys1), t1 = cpu_split(child.pid), time.monotonic()
+        cpu0, cpu1 = user0 + sys0, user1 + sys1
         stats1 = await sig.call(op="stats")
         counts1 = [s.count for s in subs]
 
@@ -282,6 +289,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "rtp_in_pps": round((stats1["received"] - stats0["received"]) / elapsed, 1),
             "rtp_out_pps": round(forwarded / elapsed, 1),
             "us_per_forwarded_packet": round((cpu1 - cpu0) / forwarded * 1e6, 1) if forwarded else None,
+            # the same, split: user space and kernel (loopback delivery is charged to the sender)
+            "us_per_forwarded_packet_user": round((user1 - user0) / forwarded * 1e6, 1) if forwarded else None,
+            "us_per_forwarded_packet_sys": round((sys1 - sys0) / forwarded * 1e6, 1) if forwarded else None,
             "fps_min": round(min(fps), 2) if fps else None,
             "fps_mean": round(sum(fps) / len(fps), 2) if fps else None,
             "fps_min_decoded": round(min(fps[: args.full]), 2) if args.full else None,
