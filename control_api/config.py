@@ -281,6 +281,8 @@ def _describe(base: Any, marks: tuple) -> str:
 
 
 ENV_PREFIX = "MEETING_SFU_"
+# Variables with the prefix that are read elsewhere, not settings (not warned about).
+ENV_NOT_SETTINGS = frozenset({"MEETING_SFU_FASTPATH"})  # sfu/fastpath.py: 0 forces pure Python
 
 
 def load_config(
@@ -311,7 +313,7 @@ def load_config(
     env = os.environ if env is None else env
     unknown = []
     for name, value in sorted(env.items()):
-        if not name.startswith(ENV_PREFIX):
+        if not name.startswith(ENV_PREFIX) or name in ENV_NOT_SETTINGS:
             continue
         section, _, key = name[len(ENV_PREFIX):].lower().partition("_")
         owner = getattr(config, section, None) if section in {f.name for f in fields(Config)} else None
