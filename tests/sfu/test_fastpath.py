@@ -193,3 +193,17 @@ def test_the_environment_selects_the_pure_python_path():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "pure Python (MEETING_SFU_FASTPATH=0)" in out.stdout
+
+
+def test_no_consumer_class_shadows_the_shared_state():
+    """A slot of a Consumer (sub)class named like a StreamBase attribute would hide it from the C
+    path: the two paths would then keep two different sequence states."""
+    from sfu.simulcast import SimulcastConsumer
+
+    shared = {name for name in dir(fastpath.StreamBase) if not name.startswith("__")}
+    assert {"max_seq", "seq_off", "ts_off", "packets", "history"} <= shared
+    for cls in (Consumer, SimulcastConsumer):
+        for klass in cls.__mro__:
+            if klass is fastpath.StreamBase or klass is object:
+                continue
+            assert not set(vars(klass).get("__slots__", ())) & shared, klass
