@@ -172,9 +172,9 @@ async def test_a_copy_that_cannot_be_sent_is_dropped_and_the_others_go_on(servic
         errors0 = service.stats.send_errors
         before = [s.rtp_packets for s in subs]
         await eventually(lambda: service.stats.send_errors - errors0 >= 20)
-        after = [s.rtp_packets for s in subs]
-        assert after[0] - before[0] >= 20 and after[2] - before[2] >= 20
-        assert after[1] - before[1] <= 1  # at most one copy in flight when it was switched
+        # Its neighbours in the batch (before and after it) still get every packet.
+        await eventually(lambda: subs[0].rtp_packets - before[0] >= 20 and subs[2].rtp_packets - before[2] >= 20)
+        assert subs[1].rtp_packets - before[1] <= 3  # copies already in flight when it was switched
     finally:
         for sub in subs:
             await sub.close()
