@@ -40,3 +40,16 @@ def test_no_other_sfu_module_imports_aioice_or_aiortc_internals():
                 if name.startswith(PRIVATE_MODULES):
                     offenders.append(f"{path.relative_to(SFU)}: {name}")
     assert offenders == []
+
+
+def test_the_srtp_entry_point_of_the_fast_path_is_checked(monkeypatch):
+    """The fast path calls pylibsrtp's own srtp_protect on a session's srtp_t: a pylibsrtp whose
+    function has another signature (libsrtp 3 changed it) stops start-up with its name."""
+    assert "pylibsrtp._binding.lib.srtp_protect" in aiortc_hooks.private_names()
+    assert "pylibsrtp.Session._srtp" in aiortc_hooks.private_names()
+    assert aiortc_hooks.srtp_protect_address() > 0
+    monkeypatch.setattr(aiortc_hooks, "_SRTP_PROTECT_TYPE", "srtp_err_status_t(*)(void)")
+    with pytest.raises(RuntimeError, match="srtp_protect"):
+        aiortc_hooks.check_private_api()
+    with pytest.raises(RuntimeError, match="srtp_protect"):
+        aiortc_hooks.srtp_protect_address()
