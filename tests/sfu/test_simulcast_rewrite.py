@@ -74,9 +74,12 @@ def make_producer(stats=None):
     )
 
 
-def make_consumer(producer):
+def make_consumer(producer, replays=False):
+    """A bound, answered consumer; by default it waits for a live keyframe (the tests of the
+    catch-up from the ring ask for it)."""
     out = []
     consumer = SimulcastConsumer(producer, "sub", StreamState())
+    consumer.replays = replays
     consumer.bind(SendParameters(
         pt=OUT_PT, rtx_pt=None, ssrc=OUT_SSRC, rtx_ssrc=0, ext_before=b"", ext_after=b"", has_abs=False,
         path=SendPath(lambda b: b, lambda b, addr: out.append(parse_out(b)), None),
