@@ -101,6 +101,31 @@ def aggregate(results: list[Result], window: float) -> dict[str, Any]:
     }
 
 
+def rss_per_subscriber(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Server RSS per extra subscriber, per server kind: from its smallest size to each larger
+    one (each run is a fresh server, measured at the end of its window)."""
+    out = []
+    for kind in ("sfu", "baseline"):
+        mine = sorted(
+            (r for r in runs if r["server"] == kind and r.get("server_rss_mb") is not None),
+            key=lambda r: r["meetings"] * r["subscribers"],
+        )
+        if len(mine) < 2:
+            continue
+        first = mine[0]
+        for run in mine[1:]:
+            extra = run["meetings"] * run["subscribers"] - first["meetings"] * first["subscribers"]
+            if extra <= 0:
+                continue
+            out.append({
+                "server": kind,
+                "from": first["subscribers"],
+                "to": run["subscribers"],
+                "mb": round((run["server_rss_mb"] - first["server_rss_mb"]) / extra, 3),
+            })
+    return out
+
+
 RATIO_KEYS = (
     ("server_cpu_cores", "cpu"),
     ("cpu_us_per_packet", "cpu_per_packet"),

@@ -326,6 +326,7 @@ class ClientSpec:
     audio: bool = False
     seed: int = 0
     publishers: list[str] = field(default_factory=list)  # user ids a subscriber expects
+    join_delay: float = 0.0  # s after the subscribers' start (the --join-batch schedule)
 
 
 def client_pc() -> RTCPeerConnection:

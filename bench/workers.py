@@ -87,6 +87,8 @@ async def _worker(
     marks: dict[str, Any] = {}
 
     async def setup(client: BenchClient) -> None:
+        if client.spec.join_delay > 0:
+            await asyncio.sleep(client.spec.join_delay)  # its batch's turn (--join-batch)
         async with gate:
             try:
                 await asyncio.wait_for(client.start(), settings.timeout + 5)
