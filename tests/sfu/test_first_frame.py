@@ -50,6 +50,9 @@ async def test_a_late_subscriber_starts_from_the_cached_keyframe_without_asking_
         assert producer.keyframe_requests == requests
         assert plis[0] == plis_before
         assert service.stats.keyframe_replays >= 1
+        # The m-line's idle aiortc receiver keeps no bitrate estimator (memory per subscriber).
+        idle = router(service).subscribers["carol"].slots[0].transceiver.receiver
+        assert idle._RTCRtpReceiver__remote_bitrate_estimator is None
     finally:
         await first.close()
         await late.close()
