@@ -423,7 +423,7 @@ class Producer:
 
     def request_keyframe(self) -> None:
         """Ask the publisher for a keyframe, at most once per KEYFRAME_REQUEST_INTERVAL; a
-        request inside the window is sent when the window ends."""
+        request inside the window is sent when the window ends, unless a keyframe came first."""
         if self.closed:
             return
         now = time.monotonic()

@@ -346,8 +346,8 @@ class SimulcastProducer(Producer):
 
     def request_keyframe(self, layer: Layer | None = None) -> None:
         """A PLI to one layer, at most one per layer per KEYFRAME_REQUEST_INTERVAL; a request
-        inside the window is sent when it ends. None (the recorder's request): the layer it
-        records, or every active layer before it has one."""
+        inside the window is sent when it ends, unless a keyframe of the layer came first. None
+        (the recorder's request): the layer it records, or every active layer before it has one."""
         if self.closed:
             return
         if layer is None:
