@@ -23,7 +23,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .aiortc_hooks import SendPath
-from .history import REPLAY_BURST, REPLAY_MAX_PACKETS, REPLAY_STEP, REPLAY_TICK, PacketRing
+from .history import (
+    REPLAY_BURST,
+    REPLAY_MAX_PACKETS,
+    REPLAY_REFRESH_AGE,
+    REPLAY_STEP,
+    REPLAY_TICK,
+    PacketRing,
+)
 from .rtp import HEADER, SEQ_TS, U32, payload_offset, wrap_rtx
 
 if TYPE_CHECKING:
@@ -237,13 +244,16 @@ class Consumer:
         if source is None:
             return False
         ring, ssrc, newest = source
-        if not ring.replayable(ssrc, newest, time.monotonic()):
+        now = time.monotonic()
+        if not ring.replayable(ssrc, newest, now):
             return False
         self.replay_seq = ring.key_seq
         self.replay_ssrc = ssrc
         self.producer.stats.keyframe_replays += 1
         self.producer.hold(self)
         self._replay_step(REPLAY_BURST)
+        if now - ring.key_at > REPLAY_REFRESH_AGE and not self.closed:
+            self.request_keyframe()  # for whoever joins next
         return True
 
     def _replay_tick(self) -> None:

@@ -25,7 +25,11 @@ LAYER_RING_SIZE = 512  # per simulcast layer
 # A replay starts only from a keyframe this recent, of at most this many packets and bytes;
 # beyond that the consumer waits for a new keyframe as before (a long replay would show the
 # subscriber a picture seconds old, and cost its link more than the keyframe it saves).
-REPLAY_MAX_AGE = 1.5  # seconds since the keyframe's first packet arrived
+REPLAY_MAX_AGE = 2.0  # seconds since the keyframe's first packet arrived
+# A consumer caught up from a keyframe older than this also asks for a new one (throttled like
+# any request, at most one per 500 ms reaches the publisher): while subscribers keep joining,
+# the next ones find a recent keyframe instead of waiting for one.
+REPLAY_REFRESH_AGE = 1.0
 REPLAY_MAX_PACKETS = 400
 REPLAY_MAX_BYTES = 480_000
 # Pacing: the first REPLAY_BURST packets go at once (about one keyframe, which a subscriber gets
@@ -111,6 +115,7 @@ __all__ = [
     "REPLAY_MAX_AGE",
     "REPLAY_MAX_BYTES",
     "REPLAY_MAX_PACKETS",
+    "REPLAY_REFRESH_AGE",
     "REPLAY_STEP",
     "REPLAY_TICK",
     "RING_SIZE",

@@ -7,7 +7,7 @@ import tracemalloc
 
 from sfu.aiortc_hooks import SendPath
 from sfu.consumer import Consumer, SendParameters, StreamState
-from sfu.history import REPLAY_MAX_AGE, REPLAY_MAX_BYTES, REPLAY_MAX_PACKETS, RING_SIZE
+from sfu.history import REPLAY_MAX_AGE, REPLAY_MAX_BYTES, REPLAY_MAX_PACKETS, REPLAY_REFRESH_AGE, RING_SIZE
 from sfu.metrics import MediaStats
 from sfu.producer import CodecChoice, Producer
 
@@ -115,6 +115,28 @@ async def test_a_replay_is_paced_and_holds_the_consumer_off_the_live_packets():
     seqs = [parse_out(x)["seq"] for x in out]
     assert seqs == [(seqs[0] + k) & 0xFFFF for k in range(172)]
     assert all(c.rebuild(parse_out(x)["seq"]) == x for x in out)
+
+
+async def test_only_a_consumer_caught_up_from_an_older_keyframe_asks_for_a_fresh_one(monkeypatch):
+    plis = []
+
+    def send_pli(self, now):  # what reaches the publisher (no PC here)
+        self.last_keyframe_request = now
+        plis.append(now)
+
+    monkeypatch.setattr(Producer, "_send_pli", send_pli)
+    p = make_producer()
+    s = Stream(p)
+    s.send(keyframe=True)
+    s.send(3)
+    first = make_consumer(p)
+    assert first.replayed == 16 and plis == []  # a recent keyframe: nothing asked
+    p.ring.key_at -= REPLAY_REFRESH_AGE + 0.1
+    second = make_consumer(p)
+    assert second.replayed == 16 and len(plis) == 1  # caught up, and a fresh one for the next
+    third = make_consumer(p)
+    assert third.replayed == 16 and len(plis) == 1  # the throttle holds the next request back
+    await p.close()
 
 
 async def test_consumers_keep_no_copy_of_the_packets():
