@@ -33,6 +33,7 @@ def aggregate(results: list[Result], window: float) -> dict[str, Any]:
     e2e: list[float] = []
     forward: list[float] = []
     first_frame: list[float] = []
+    after_connect: list[float] = []
     arrivals = 0
     errors: list[str] = []
     audio_pps = 0.0
@@ -69,6 +70,8 @@ def aggregate(results: list[Result], window: float) -> dict[str, Any]:
                 forward.append((t - t_sent) * 1000)
         if c["first_frame_s"] is not None:
             first_frame.append(c["first_frame_s"] * 1000)
+        if c.get("connected_to_first_frame_s") is not None:
+            after_connect.append(c["connected_to_first_frame_s"] * 1000)
     cpu_s = sum(r.cpu_s for r in results)
     return {
         "subscriber_streams": len(fps),
@@ -84,6 +87,11 @@ def aggregate(results: list[Result], window: float) -> dict[str, Any]:
             "p50": rounded(pct(first_frame, 50), 1),
             "p95": rounded(pct(first_frame, 95), 1),
             "samples": len(first_frame),
+        },
+        "connected_to_first_frame_ms": {
+            "p50": rounded(pct(after_connect, 50), 1),
+            "p95": rounded(pct(after_connect, 95), 1),
+            "samples": len(after_connect),
         },
         "latency_forward_ms": {
             "p50": rounded(pct(forward, 50)),

@@ -362,6 +362,7 @@ class BenchClient:
         self.pcs: list[RTCPeerConnection] = []
         self.errors: list[str] = []
         self.joined_at: float | None = None
+        self.connected_at: float | None = None  # subscriber: its receive PC connected (DTLS up)
         self.ready_at: float | None = None
         # publisher
         self.camera: CameraTrack | None = None
@@ -599,6 +600,12 @@ class BenchClient:
             self.sub_pc = client_pc()
             self.pcs.append(self.sub_pc)
             self.sub_pc.on("track", self._on_track)
+            sub_pc = self.sub_pc
+
+            @sub_pc.on("connectionstatechange")
+            def on_state() -> None:
+                if sub_pc.connectionState == "connected" and self.connected_at is None:
+                    self.connected_at = time.time()
         pc = self.sub_pc
         await pc.setRemoteDescription(RTCSessionDescription(sdp, "offer"))
         for s in sdp_sections(sdp):
@@ -710,6 +717,14 @@ class BenchClient:
         if self.joined_at is None or not firsts:
             return None
         return max(firsts) - self.joined_at
+
+    def first_frame_after_connect(self) -> float | None:
+        """Seconds from the receive PC's connection (ICE and DTLS done) to that first frame: the
+        server's part once media can flow (a keyframe to wait for, or none)."""
+        firsts = [c.first_frame_at for c in self.counters.values() if c.first_frame_at]
+        if self.connected_at is None or not firsts:
+            return None
+        return max(firsts) - self.connected_at
 
     # -- measuring -----------------------------------------------------------------------------
 

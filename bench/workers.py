@@ -45,6 +45,7 @@ def _client_result(c: BenchClient, start: dict[str, Any], end: dict[str, Any], t
         "end": end,
         "ready": c.ready_at is not None,
         "first_frame_s": c.first_frame_delay(),
+        "connected_to_first_frame_s": c.first_frame_after_connect(),
         "errors": c.errors[-5:],
         "e2e_ms": list(c.e2e_ms),
         "arrivals": list(c.arrivals),
