@@ -106,7 +106,7 @@ async def test_a_replay_is_paced_and_holds_the_consumer_off_the_live_packets():
     c = make_consumer(p, out)
     assert 0 < len(out) < 160 and p.catching_up == (c,) and p.consumers == ()
     s.send(2)  # live packets meanwhile: taken from the ring in order
-    for _ in range(100):
+    for _ in range(300):  # bounded: about 5 ticks are needed
         if not p.catching_up:
             break
         await asyncio.sleep(0.01)
