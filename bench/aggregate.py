@@ -33,6 +33,7 @@ def aggregate(results: list[Result], window: float) -> dict[str, Any]:
     e2e: list[float] = []
     forward: list[float] = []
     first_frame: list[float] = []
+    after_connect: list[float] = []
     arrivals = 0
     errors: list[str] = []
     audio_pps = 0.0
@@ -69,6 +70,8 @@ def aggregate(results: list[Result], window: float) -> dict[str, Any]:
                 forward.append((t - t_sent) * 1000)
         if c["first_frame_s"] is not None:
             first_frame.append(c["first_frame_s"] * 1000)
+        if c.get("connected_to_first_frame_s") is not None:
+            after_connect.append(c["connected_to_first_frame_s"] * 1000)
     cpu_s = sum(r.cpu_s for r in results)
     return {
         "subscriber_streams": len(fps),
@@ -85,6 +88,11 @@ def aggregate(results: list[Result], window: float) -> dict[str, Any]:
             "p95": rounded(pct(first_frame, 95), 1),
             "samples": len(first_frame),
         },
+        "connected_to_first_frame_ms": {
+            "p50": rounded(pct(after_connect, 50), 1),
+            "p95": rounded(pct(after_connect, 95), 1),
+            "samples": len(after_connect),
+        },
         "latency_forward_ms": {
             "p50": rounded(pct(forward, 50)),
             "p95": rounded(pct(forward, 95)),
@@ -99,6 +107,31 @@ def aggregate(results: list[Result], window: float) -> dict[str, Any]:
         "client_cpu_cores": rounded(cpu_s / window, 3),
         "client_errors": errors[:20],
     }
+
+
+def rss_per_subscriber(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Server RSS per extra subscriber, per server kind: from its smallest size to each larger
+    one (each run is a fresh server, measured at the end of its window)."""
+    out = []
+    for kind in ("sfu", "baseline"):
+        mine = sorted(
+            (r for r in runs if r["server"] == kind and r.get("server_rss_mb") is not None),
+            key=lambda r: r["meetings"] * r["subscribers"],
+        )
+        if len(mine) < 2:
+            continue
+        first = mine[0]
+        for run in mine[1:]:
+            extra = run["meetings"] * run["subscribers"] - first["meetings"] * first["subscribers"]
+            if extra <= 0:
+                continue
+            out.append({
+                "server": kind,
+                "from": first["subscribers"],
+                "to": run["subscribers"],
+                "mb": round((run["server_rss_mb"] - first["server_rss_mb"]) / extra, 3),
+            })
+    return out
 
 
 RATIO_KEYS = (

@@ -326,6 +326,7 @@ class ClientSpec:
     audio: bool = False
     seed: int = 0
     publishers: list[str] = field(default_factory=list)  # user ids a subscriber expects
+    join_delay: float = 0.0  # s after the subscribers' start (the --join-batch schedule)
 
 
 def client_pc() -> RTCPeerConnection:
@@ -361,6 +362,7 @@ class BenchClient:
         self.pcs: list[RTCPeerConnection] = []
         self.errors: list[str] = []
         self.joined_at: float | None = None
+        self.connected_at: float | None = None  # subscriber: its receive PC connected (DTLS up)
         self.ready_at: float | None = None
         # publisher
         self.camera: CameraTrack | None = None
@@ -598,6 +600,12 @@ class BenchClient:
             self.sub_pc = client_pc()
             self.pcs.append(self.sub_pc)
             self.sub_pc.on("track", self._on_track)
+            sub_pc = self.sub_pc
+
+            @sub_pc.on("connectionstatechange")
+            def on_state() -> None:
+                if sub_pc.connectionState == "connected" and self.connected_at is None:
+                    self.connected_at = time.time()
         pc = self.sub_pc
         await pc.setRemoteDescription(RTCSessionDescription(sdp, "offer"))
         for s in sdp_sections(sdp):
@@ -709,6 +717,14 @@ class BenchClient:
         if self.joined_at is None or not firsts:
             return None
         return max(firsts) - self.joined_at
+
+    def first_frame_after_connect(self) -> float | None:
+        """Seconds from the receive PC's connection (ICE and DTLS done) to that first frame: the
+        server's part once media can flow (a keyframe to wait for, or none)."""
+        firsts = [c.first_frame_at for c in self.counters.values() if c.first_frame_at]
+        if self.connected_at is None or not firsts:
+            return None
+        return max(firsts) - self.connected_at
 
     # -- measuring -----------------------------------------------------------------------------
 

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .aggregate import ratios
+from .aggregate import ratios, rss_per_subscriber
 from .measure import run_once
 from .progress import Progress
 from .readme import PATH_OPTIONS, relative_command
@@ -90,6 +90,13 @@ def parser() -> argparse.ArgumentParser:
         help="client processes (0: 1 up to 12 clients, else 2)",
     )
     p.add_argument("--concurrency", type=int, default=8, help="client set-ups at once per process")
+    p.add_argument(
+        "--join-batch",
+        type=int,
+        default=0,
+        help="subscribers of a meeting join this many at a time, --join-interval apart (0: all at once)",
+    )
+    p.add_argument("--join-interval", type=float, default=1.0, help="s between two --join-batch batches")
     p.add_argument("--bitrate", type=int, default=1_200_000, help="VP8 start bitrate, bit/s")
     p.add_argument("--width", type=int, default=640, help="video width, pixels")
     p.add_argument("--height", type=int, default=480, help="video height, pixels")
@@ -154,9 +161,12 @@ async def run(options: argparse.Namespace) -> dict[str, Any]:
             "audio": options.audio,
             "bitrate": options.bitrate,
             "video": f"VP8 {options.width}x{options.height} {options.fps} fps",
+            "join_batch": options.join_batch,
+            "join_interval_s": options.join_interval if options.join_batch else None,
         },
         "runs": runs,
         "ratios": ratios(ok),
+        "rss_per_extra_subscriber": rss_per_subscriber(ok),
     }
 
 
@@ -188,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     report["host"]["load_at_start"] = load
     ok = [r for r in report["runs"] if "failed" not in r]
     print(table(ok, report["ratios"]))
+    for r in report["rss_per_extra_subscriber"]:
+        print(f"RSS per extra subscriber, {r['server']} {r['from']} -> {r['to']}: {r['mb']:.3f} MB")
     print(f"load average at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; {os.cpu_count()} CPUs")
     if options.json:
         Path(options.json).parent.mkdir(parents=True, exist_ok=True)

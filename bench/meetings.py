@@ -54,6 +54,8 @@ async def create_meetings(
                         seed=len(specs),
                     )
                 )
+            batch = getattr(options, "join_batch", 0)
+            interval = getattr(options, "join_interval", 0.0)
             for i, user in enumerate(subs):
                 specs.append(
                     ClientSpec(
@@ -64,6 +66,7 @@ async def create_meetings(
                         decode=i < options.decoders,
                         audio=options.audio,
                         publishers=pubs,
+                        join_delay=(i // batch) * interval if batch > 0 else 0.0,
                     )
                 )
     return specs

@@ -99,6 +99,27 @@ def render(report: dict[str, Any], command: list[str] | None = None) -> str:
             f"| {_q(run, 'join_to_first_frame_ms')} "
             f"| {_n(run.get('loss_percent'), '.2f')} | {_n(run.get('server_rss_mb'), '.0f')} |"
         )
+    settings = report.get("settings") or {}
+    if settings.get("join_batch"):
+        after = "; ".join(
+            f"{r['subscribers']} subs {_q(r, 'connected_to_first_frame_ms')}"
+            for r in report.get("runs", []) if "failed" not in r and r.get("connected_to_first_frame_ms")
+        )
+        line = f"Subscribers joined {settings['join_batch']} at a time, {settings.get('join_interval_s')} s apart."
+        if after:
+            line += (" Of the join to first frame, from the receive PC connected (ICE and DTLS done) to the"
+                     f" first frame, p50 / p95 (ms): {after}.")
+        lines += ["", line]
+    per_subscriber = report.get("rss_per_extra_subscriber") or []
+    if per_subscriber:
+        lines += [
+            "",
+            "RSS per extra subscriber (MB): "
+            + "; ".join(
+                f"{'ours' if r['server'] == 'sfu' else r['server']} {r['from']} -> {r['to']}: {r['mb']:.3f}"
+                for r in per_subscriber
+            ),
+        ]
     ratios = report.get("ratios") or []
     if ratios:
         lines += [

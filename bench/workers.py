@@ -45,6 +45,7 @@ def _client_result(c: BenchClient, start: dict[str, Any], end: dict[str, Any], t
         "end": end,
         "ready": c.ready_at is not None,
         "first_frame_s": c.first_frame_delay(),
+        "connected_to_first_frame_s": c.first_frame_after_connect(),
         "errors": c.errors[-5:],
         "e2e_ms": list(c.e2e_ms),
         "arrivals": list(c.arrivals),
@@ -87,6 +88,8 @@ async def _worker(
     marks: dict[str, Any] = {}
 
     async def setup(client: BenchClient) -> None:
+        if client.spec.join_delay > 0:
+            await asyncio.sleep(client.spec.join_delay)  # its batch's turn (--join-batch)
         async with gate:
             try:
                 await asyncio.wait_for(client.start(), settings.timeout + 5)

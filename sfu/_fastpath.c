@@ -124,7 +124,6 @@ typedef struct {
     PyObject *last_time;  /* None or float */
     PyObject *ext_before; /* bytes */
     PyObject *ext_after;  /* bytes */
-    PyObject *history;    /* None or a list whose length is a power of two */
     /* fast send (set_fast_send), C only */
     PyObject *srtp_owner; /* keeps the SRTP session (and so its srtp_t) alive */
     PyObject *fd_owner;   /* SocketFd */
@@ -138,7 +137,6 @@ static int StreamBase_traverse(StreamBase *self, visitproc visit, void *arg) {
     Py_VISIT(self->last_time);
     Py_VISIT(self->ext_before);
     Py_VISIT(self->ext_after);
-    Py_VISIT(self->history);
     Py_VISIT(self->srtp_owner);
     Py_VISIT(self->fd_owner);
     return 0;
@@ -148,7 +146,6 @@ static int StreamBase_clear(StreamBase *self) {
     Py_CLEAR(self->last_time);
     Py_CLEAR(self->ext_before);
     Py_CLEAR(self->ext_after);
-    Py_CLEAR(self->history);
     Py_CLEAR(self->srtp_owner);
     Py_CLEAR(self->fd_owner);
     self->srtp_ctx = NULL;
@@ -173,7 +170,6 @@ static PyObject *StreamBase_new(PyTypeObject *type, PyObject *args, PyObject *kw
     self->last_time = Py_NewRef(Py_None);
     self->ext_before = PyBytes_FromStringAndSize(NULL, 0);
     self->ext_after = Py_NewRef(self->ext_before);
-    self->history = Py_NewRef(Py_None);
     if (self->ext_before == NULL) {
         Py_DECREF(self);
         return NULL;
@@ -246,7 +242,6 @@ static PyMemberDef StreamBase_members[] = {
     {"last_time", T_OBJECT, offsetof(StreamBase, last_time), 0, NULL},
     {"ext_before", T_OBJECT, offsetof(StreamBase, ext_before), 0, NULL},
     {"ext_after", T_OBJECT, offsetof(StreamBase, ext_after), 0, NULL},
-    {"history", T_OBJECT, offsetof(StreamBase, history), 0, NULL},
     {NULL},
 };
 
@@ -374,23 +369,6 @@ static PyObject *fastpath_forward(PyObject *module, PyObject *const *args, Py_ss
             p += 3 + after;
         }
         memcpy(p, payload, plen);
-        /* The clear copy for retransmissions, when the consumer keeps a history. */
-        PyObject *history = s->history;
-        if (PyList_CheckExact(history)) {
-            Py_ssize_t hn = PyList_GET_SIZE(history);
-            if (hn > 0 && (hn & (hn - 1)) == 0) {
-                PyObject *copy = PyBytes_FromStringAndSize((const char *)out, total);
-                if (copy == NULL) {
-                    PyErr_Clear();
-                    errors++;
-                    continue;
-                }
-                Py_ssize_t index = (Py_ssize_t)(oseq & (unsigned int)(hn - 1));
-                PyObject *old = PyList_GET_ITEM(history, index);
-                PyList_SET_ITEM(history, index, copy);
-                Py_XDECREF(old);
-            }
-        }
         int len = (int)total;
         if (srtp_protect(s->srtp_ctx, out, &len) != 0 || len <= 0 || len > SRTP_BUFFER) {
             protect_errors_total++;

@@ -66,6 +66,7 @@ _DTLS_ATTRIBUTES = ("_tx_srtp", "_rx_srtp", "_rtp_router")
 _RECEIVER_ATTRIBUTES = (
     "_RTCRtpReceiver__jitter_buffer",
     "_RTCRtpReceiver__rtcp_ssrc",
+    "_RTCRtpReceiver__remote_bitrate_estimator",
     # simulcast (section at the end of this module)
     "_RTCRtpReceiver__nack_generator",
     "_RTCRtpReceiver__rtx_ssrc",
@@ -311,6 +312,14 @@ class _NoReassembly:
 
 def disable_reassembly(receiver: RTCRtpReceiver) -> None:
     """Keep the receiver's statistics/NACK/REMB work but never build frames for a decoder."""
+    receiver._RTCRtpReceiver__jitter_buffer = _NoReassembly()  # type: ignore[attr-defined]
+
+
+def idle_receiver(receiver: RTCRtpReceiver) -> None:
+    """A receiver that never gets media (a subscriber's sendonly m-line): without its bitrate
+    estimator (1000 one-millisecond buckets, about 90 kB per m-line) and its jitter buffer.
+    Both are optional in aiortc's receive path, should a client send RTP anyway."""
+    receiver._RTCRtpReceiver__remote_bitrate_estimator = None  # type: ignore[attr-defined]
     receiver._RTCRtpReceiver__jitter_buffer = _NoReassembly()  # type: ignore[attr-defined]
 
 
@@ -581,6 +590,7 @@ def cap_remb(receiver: RTCRtpReceiver, max_bitrate: int) -> None:
 
 __all__ = [
     "IdleTrack",
+    "idle_receiver",
     "cap_remb",
     "enable_rid_extensions",
     "map_rtx_ssrc",

@@ -3,30 +3,44 @@
 Per packet a consumer packs a new 12-byte header (its own payload type, SSRC, and sequence and
 timestamp shifted by offsets that keep the subscriber's stream continuous across producer
 restarts and m-line reuse), appends its header-extension block (the subscriber's MID and a fresh
-abs-send-time) and the untouched payload, keeps the result in a bounded history for NACKs, then
-SRTP-protects it and sends it with one `sendto`.
+abs-send-time) and the untouched payload, then SRTP-protects it and sends it with one `sendto`.
+
+No copy is kept per consumer: the producer keeps its recent packets once (`sfu.history`). A
+consumer that starts while the producer's last keyframe is still there is caught up at once by
+replaying that keyframe and what followed through `forward` (paced, and held off the live
+packets meanwhile); a NACK is answered by mapping the sequence number back to the producer's
+through the offsets in force when it was sent (kept per start or switch, a few at most) and
+rewriting that packet again, byte for byte as it was sent.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import fastpath
 from .aiortc_hooks import SendPath
 from .fastpath import StreamBase
-from .rtp import HEADER, U16, wrap_rtx
+from .history import (
+    REPLAY_BURST,
+    REPLAY_MAX_PACKETS,
+    REPLAY_REFRESH_AGE,
+    REPLAY_STEP,
+    REPLAY_TICK,
+    PacketRing,
+)
+from .rtp import HEADER, SEQ_TS, U32, payload_offset, wrap_rtx
 
 if TYPE_CHECKING:
     from .producer import Producer
 
 log = logging.getLogger("meeting_sfu.sfu.consumer")
 
-HISTORY_SIZE = 512  # packets kept per consumer for retransmission (power of two)
-_HISTORY_MASK = HISTORY_SIZE - 1
+MAX_SEGMENTS = 4  # offset changes (starts, layer switches) kept for mapping NACKs back
 MAX_NACKED_PER_PACKET = 64  # sequence numbers answered per NACK message
 KEYFRAME_RETRY_SECONDS = 1.0  # ask again while a consumer still waits for a keyframe
 # Retransmissions are paid from a token bucket filled by the stream itself: each packet
@@ -83,7 +97,7 @@ class Consumer(StreamBase):
     """Forwards one producer's RTP to one subscriber m-line (see module docstring).
 
     The per-packet state (bound, paused, waiting_keyframe, pt, ssrc, x_bit, has_abs, ext_before,
-    ext_after, src_ssrc, seq_off, ts_off, max_seq, max_ts, last_time, history, packets, octets)
+    ext_after, src_ssrc, seq_off, ts_off, max_seq, max_ts, last_time, packets, octets)
     lives in `StreamBase` (sfu.fastpath): the compiled fast path reads and writes it too."""
 
     __slots__ = (
@@ -101,9 +115,16 @@ class Consumer(StreamBase):
         # rewriting state
         "rtx_seq",
         "clock_rate",
+        "segments",
         "last_keyframe_request",
+        # catching up from the producer's ring (sfu.history)
+        "replays",
+        "replay_seq",
+        "replay_ssrc",
+        "replay_timer",
         # counters
         "retransmitted",
+        "replayed",
         "dropped",
         "rtx_refused",
         "rtx_tokens",
@@ -145,11 +166,18 @@ class Consumer(StreamBase):
         self.last_time = state.last_time
         self.rtx_seq = state.rtx_seq
         self.clock_rate = producer.clock_rate
-        self.history: list[bytes | None] = [None] * HISTORY_SIZE
+        # (first out seq, consumer packets then, ring, source ssrc, seq_off, ts_off, pid_off,
+        # tl0_off): the offsets in force from that packet on, newest last.
+        self.segments: list[tuple[Any, ...]] = []
         self.last_keyframe_request = 0.0
+        self.replays = True  # False: never caught up from the ring (the recorder's consumer)
+        self.replay_seq = -1  # next producer sequence number to replay; -1: live
+        self.replay_ssrc = -1
+        self.replay_timer: asyncio.TimerHandle | None = None
         self.packets = state.packets
         self.octets = state.octets
         self.retransmitted = 0
+        self.replayed = 0  # packets sent from the ring to catch up
         self.dropped = 0
         self.rtx_refused = 0  # packets asked for again but refused by the retransmission budget
         self.rtx_tokens = RTX_BURST
@@ -184,7 +212,106 @@ class Consumer(StreamBase):
         if self.bound and not self.paused and not self.closed:
             self.waiting_keyframe = True
             self.last_keyframe_request = time.monotonic()
-            self.producer.request_keyframe()
+            if not self._catch_up():
+                self.producer.request_keyframe()
+
+    # --- catching up from the producer's ring (cold path) -----------------------------------
+
+    def _replay_source(self) -> tuple[PacketRing, int, int] | None:
+        """The ring to catch up from, its SSRC and its newest sequence number (None: none)."""
+        p = self.producer
+        return p.ring, p.ssrc, p.max_seq
+
+    def _catch_up(self) -> bool:
+        """Start from the producer's last keyframe if it is still in the ring (True), sending
+        the first REPLAY_BURST packets now and the rest paced; the live packets are held off
+        until the replay reaches them."""
+        if self.replay_seq >= 0:
+            return True
+        if not self.replays or self.src_ssrc >= 0:
+            return False  # a consumer that forwarded already (bound again) never rewinds
+        source = self._replay_source()
+        if source is None:
+            return False
+        ring, ssrc, newest = source
+        now = time.monotonic()
+        if not ring.replayable(ssrc, newest, now):
+            return False
+        self.replay_seq = ring.key_seq
+        self.replay_ssrc = ssrc
+        self.producer.stats.keyframe_replays += 1
+        self.producer.hold(self)
+        self._replay_step(REPLAY_BURST)
+        if now - ring.key_at > REPLAY_REFRESH_AGE and not self.closed:
+            self.request_keyframe()  # for whoever joins next
+        return True
+
+    def _replay_tick(self) -> None:
+        self.replay_timer = None
+        self._replay_step(REPLAY_STEP)
+
+    def _replay_step(self, limit: int) -> None:
+        """Send up to `limit` packets from the ring; live again once the newest is sent."""
+        if self.closed or self.replay_seq < 0:
+            return
+        source = self._replay_source()
+        if source is None or source[1] != self.replay_ssrc:
+            self._end_replay(False)  # the source changed meanwhile: wait for its keyframe
+            return
+        ring, ssrc, newest = source
+        if ((newest - self.replay_seq) & 0xFFFF) >= REPLAY_MAX_PACKETS:
+            self._end_replay(False)  # fell behind (cannot happen at these rates): give up
+            return
+        now = time.monotonic()
+        sent = octets = 0
+        for _ in range(limit):
+            if ((newest - self.replay_seq) & 0xFFFF) >= 0x8000:
+                break  # past the newest packet
+            i = ring.get(self.replay_seq, ssrc)
+            if i >= 0:
+                try:
+                    if self._replay_packet(ring, i, now):
+                        sent += 1
+                        octets += len(ring.packets[i])  # type: ignore[arg-type]
+                except Exception as exc:  # a failed send must not leave the consumer held
+                    log.debug("replay failed %r: %s", self, exc)
+            self.replay_seq = (self.replay_seq + 1) & 0xFFFF
+        self.replayed += sent
+        stats = self.producer.stats
+        stats.replayed_packets += sent
+        stats.rtp_packets_out[self.producer.kind] += sent
+        stats.rtp_bytes_out[self.producer.kind] += octets
+        if ((newest - self.replay_seq) & 0xFFFF) >= 0x8000:
+            self._end_replay(True)
+        else:
+            self.replay_timer = asyncio.get_running_loop().call_later(REPLAY_TICK, self._replay_tick)
+
+    def _replay_packet(self, ring: PacketRing, i: int, now: float) -> bool:
+        data: bytes = ring.packets[i]  # type: ignore[assignment]
+        offset = payload_offset(data)
+        payload = data[offset:]
+        seq, ts = SEQ_TS.unpack_from(data, 2)
+        keyframe = self.producer.is_keyframe(payload)
+        return self.forward(data[0], data[1], seq, ts, self.replay_ssrc, payload, ring.stamps[i], keyframe, now)
+
+    def _end_replay(self, caught_up: bool) -> None:
+        self.replay_seq = -1
+        if self.replay_timer is not None:
+            self.replay_timer.cancel()
+            self.replay_timer = None
+        if not caught_up:
+            self.waiting_keyframe = True
+        self.producer.release(self)
+        if not caught_up and not self.closed:
+            self.last_keyframe_request = time.monotonic()
+            self.request_keyframe()
+
+    def _mark_segment(self, ring: PacketRing, ssrc: int, seq: int, pid_off: int = 0, tl0_off: int = 0) -> None:
+        """New offsets from producer packet `seq` on (a start or a switch): kept so that a NACK
+        maps back to the packet it means."""
+        first = (seq + self.seq_off) & 0xFFFF
+        segment = (first, self.packets, ring, ssrc, self.seq_off, self.ts_off, pid_off, tl0_off)
+        self.segments = [*self.segments[-(MAX_SEGMENTS - 1):], segment]
 
     def save_state(self, state: StreamState) -> None:
         state.max_seq = self.max_seq
@@ -200,8 +327,12 @@ class Consumer(StreamBase):
             return
         self.closed = True
         self.producer.remove_consumer(self)
-        self.history = []
         self.set_fast_send(None)
+        if self.replay_timer is not None:
+            self.replay_timer.cancel()
+            self.replay_timer = None
+        self.replay_seq = -1
+        self.segments = []
         if self.on_close is not None:
             callback, self.on_close = self.on_close, None
             callback(self)
@@ -241,6 +372,7 @@ class Consumer(StreamBase):
             else:
                 gap = max(1, int((now - self.last_time) * self.clock_rate))
             self.ts_off = (self.max_ts + gap - ts) & 0xFFFFFFFF
+            self._mark_segment(self.producer.ring, ssrc, seq)
         oseq = (seq + self.seq_off) & 0xFFFF
         ots = (ts + self.ts_off) & 0xFFFFFFFF
         header = HEADER.pack(
@@ -250,7 +382,6 @@ class Consumer(StreamBase):
             out = b"".join((header, self.ext_before, abs3, self.ext_after, payload))
         else:
             out = b"".join((header, self.ext_before, payload))
-        self.history[oseq & _HISTORY_MASK] = out
         self.sendto(self.protect(out), self.addr)  # type: ignore[misc]
         if ((oseq - self.max_seq) & 0xFFFF) < 0x8000:
             self.max_seq = oseq
@@ -262,8 +393,47 @@ class Consumer(StreamBase):
 
     # --- RTCP from the subscriber -----------------------------------------------------------
 
+    def _segment_of(self, oseq: int) -> tuple[Any, ...] | None:
+        """The offsets in force when `oseq` was sent, or None (before the first start, ahead of
+        the newest packet sent)."""
+        back = (self.max_seq - oseq) & 0xFFFF
+        if back >= 0x8000:
+            return None
+        for k in range(len(self.segments) - 1, -1, -1):
+            segment = self.segments[k]
+            # The newest segment after half a sequence cycle covers all the past; before that,
+            # a segment covers what was sent from its first packet on.
+            if (k == len(self.segments) - 1 and self.packets - segment[1] >= 0x4000) or (
+                (self.max_seq - segment[0]) & 0xFFFF
+            ) >= back:
+                return segment
+        return None
+
+    def rebuild(self, oseq: int) -> bytes | None:
+        """The packet this consumer sent with sequence number `oseq`, rewritten again from the
+        producer's ring; None when it is no longer there."""
+        segment = self._segment_of(oseq)
+        if segment is None:
+            return None
+        _, _, ring, ssrc, seq_off, ts_off, pid_off, tl0_off = segment
+        i = ring.get((oseq - seq_off) & 0xFFFF, ssrc)
+        if i < 0:
+            return None
+        return self._rewrite(ring, i, oseq, ts_off, pid_off, tl0_off)
+
+    def _rewrite(self, ring: PacketRing, i: int, oseq: int, ts_off: int, pid_off: int, tl0_off: int) -> bytes:
+        """What `forward` made of ring slot `i` (cold path: a retransmission)."""
+        data: bytes = ring.packets[i]  # type: ignore[assignment]
+        ots = (U32.unpack_from(data, 4)[0] + ts_off) & 0xFFFFFFFF
+        header = HEADER.pack(0x80 | self.x_bit | (data[0] & 0x20), (data[1] & 0x80) | self.pt, oseq, ots, self.ssrc)
+        payload = data[payload_offset(data):]
+        if self.has_abs:
+            return b"".join((header, self.ext_before, ring.stamps[i], self.ext_after, payload))  # type: ignore[arg-type]
+        return b"".join((header, self.ext_before, payload))
+
     def retransmit(self, lost: list[int]) -> int:
-        """Answer a NACK from the history (RTX-wrapped when negotiated); returns packets sent."""
+        """Answer a NACK from the producer's ring (RTX-wrapped when negotiated); returns packets
+        sent."""
         if not self.bound or self.closed:
             return 0
         now = time.monotonic()
@@ -273,8 +443,8 @@ class Consumer(StreamBase):
         self.rtx_filled_packets = self.packets
         sent = 0
         for seq in lost[:MAX_NACKED_PER_PACKET]:
-            packet = self.history[seq & _HISTORY_MASK]
-            if packet is None or U16.unpack_from(packet, 2)[0] != seq:
+            packet = self.rebuild(seq)
+            if packet is None:
                 continue
             if self.rtx_tokens < 1.0:
                 self.rtx_refused += 1
@@ -322,4 +492,4 @@ class Consumer(StreamBase):
         return f"Consumer({source} -> {self.subscriber_id} mid={self.mid})"
 
 
-__all__ = ["Consumer", "HISTORY_SIZE", "SendParameters", "StreamState"]
+__all__ = ["Consumer", "MAX_SEGMENTS", "SendParameters", "StreamState"]

@@ -71,7 +71,6 @@ else:
             "last_time",
             "ext_before",
             "ext_after",
-            "history",
         )
         fast_send = False
 

@@ -77,11 +77,13 @@ class MediaStats:
         self.rtp_bytes_out = _per_kind()
         self.packets_lost = _per_kind()  # seen as sequence gaps on publishers' streams
         self.nacks_received = 0  # NACK feedback from subscribers (packets asked for)
-        self.retransmissions = 0  # packets resent from consumer histories
+        self.retransmissions = 0  # packets resent (rewritten again from the producer's ring)
         self.retransmissions_refused = 0  # asked for again beyond a consumer's budget
         self.plis_received = 0
         self.firs_received = 0
         self.keyframe_requests_sent = 0  # PLIs sent to publishers (after throttling)
+        self.keyframe_replays = 0  # consumers started from a producer's cached keyframe instead
+        self.replayed_packets = 0  # packets sent from a producer's ring to catch a consumer up
         self.recorder_bytes = 0
         self.udp_datagrams_dropped = UDP_DATAGRAMS_DROPPED  # by reason, see UDP_DROP_REASONS
         self.recorder_dropped = 0  # packets and mix frames not recorded: the disk was behind
@@ -227,6 +229,16 @@ class MediaCollector(Collector):
                 "meeting_sfu_keyframe_requests",
                 "Keyframe requests sent to publishers (throttled)",
                 s.keyframe_requests_sent,
+            ),
+            (
+                "meeting_sfu_keyframe_replays",
+                "Consumers started from a publisher's cached keyframe (no request sent)",
+                s.keyframe_replays,
+            ),
+            (
+                "meeting_sfu_replayed_packets",
+                "Packets sent from a publisher's recent packets to catch a new consumer up",
+                s.replayed_packets,
             ),
             ("meeting_sfu_recorder_bytes", "Bytes of media written by recordings", s.recorder_bytes),
             (

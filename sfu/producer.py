@@ -4,7 +4,9 @@ A Producer owns the publisher's sendonly peer connection (the client offers, we 
 DTLS transport hands every decrypted RTP packet to `on_rtp`, which unwraps RTX, splits the
 header once and gives the pieces to each Consumer; aiortc still runs its receiver statistics,
 receiver reports, NACKs and REMB towards the publisher, but never reassembles or decodes frames.
-Keyframe requests from consumers reach the publisher as PLIs, at most one per 500 ms.
+Keyframe requests from consumers reach the publisher as PLIs, at most one per 500 ms. The
+producer keeps its recent packets once for all consumers (`sfu.history.PacketRing`): a consumer
+that starts while the last keyframe is in it is caught up from it, and NACKs are answered from it.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from aiortc.sdp import SessionDescription
 from . import aiortc_hooks as hooks
 from . import fastpath
 from .api import MediaError, StreamKind, bad_sdp
+from .history import PacketRing
 from .metrics import MediaStats, watch_pc_states
 from .peer import create_peer_connection, local_sdp, parse_session_description
 from .rtp import SEQ_TS, U32, abs_send_time_bytes, keyframe_detector, payload_offset, unwrap_rtx
@@ -148,6 +151,8 @@ class Producer:
         "clock_rate",
         "ssrc",
         "consumers",
+        "catching_up",
+        "ring",
         "active",
         "closed",
         "is_keyframe",
@@ -191,6 +196,8 @@ class Producer:
         self.clock_rate = codec.clock_rate
         self.ssrc = -1
         self.consumers: tuple[Consumer, ...] = ()
+        self.catching_up: tuple[Consumer, ...] = ()  # being replayed the cached keyframe, not live
+        self.ring = PacketRing()  # the one packet history of this stream (sfu.history)
         self.active = False
         self.closed = False
         self.is_keyframe = keyframe_detector(codec.mime_type)
@@ -346,11 +353,19 @@ class Producer:
                     tap(self.id, self.kind, self.codec.mime_type, self.pt, self.clock_rate, data)
                 except Exception:
                     log.exception("tap failed")
+        payload = data[offset:]
+        seq, ts = SEQ_TS.unpack_from(data, 2)
+        keyframe = self.is_keyframe(payload)
+        now = time.monotonic()
+        abs3 = abs_send_time_bytes()
+        # Kept once for every consumer, with the abs-send-time they get: late joiners are caught
+        # up from it and NACKs are answered from it.
+        self.ring.put(seq, data, abs3)
+        if keyframe:
+            self._keyframe_arrived(self.ring, seq, ts, ssrc, now)
         consumers = self.consumers
         if not consumers:
             return
-        now = time.monotonic()
-        abs3 = abs_send_time_bytes()
         sent = 0
         if fastpath.enabled:
             # Consumers in their steady state are forwarded in C; `rest` (usually None) are
@@ -363,9 +378,9 @@ class Producer:
             if errors:
                 stats.send_errors += errors
             if rest is not None:
-                sent += self._forward_slow(rest, data, offset, ssrc, abs3, now)
+                sent += self._forward_slow(rest, payload, seq, ts, keyframe, data, ssrc, abs3, now)
         else:
-            sent = self._forward_slow(consumers, data, offset, ssrc, abs3, now)
+            sent = self._forward_slow(consumers, payload, seq, ts, keyframe, data, ssrc, abs3, now)
         if sent:
             stats.rtp_packets_out[kind] += sent
             stats.rtp_bytes_out[kind] += sent * len(data)
@@ -373,12 +388,18 @@ class Producer:
                 stats.forwarding_seconds.observe(time.monotonic() - now)
 
     def _forward_slow(
-        self, consumers: Any, data: bytes, offset: int, ssrc: int, abs3: bytes, now: float
+        self,
+        consumers: Any,
+        payload: bytes,
+        seq: int,
+        ts: int,
+        keyframe: bool,
+        data: bytes,
+        ssrc: int,
+        abs3: bytes,
+        now: float,
     ) -> int:
         """Consumer.forward for each consumer (the pure-Python path); how many sent."""
-        payload = data[offset:]
-        seq, ts = SEQ_TS.unpack_from(data, 2)
-        keyframe = self.is_keyframe(payload)
         b0 = data[0]
         b1 = data[1]
         sent = 0
@@ -390,6 +411,12 @@ class Producer:
                 consumer.dropped += 1
                 log.debug("forward failed %r: %s", consumer, exc)
         return sent
+
+    def _keyframe_arrived(self, ring: PacketRing, seq: int, ts: int, ssrc: int, now: float) -> None:
+        if ring.keyframe(seq, ts, ssrc, now) and self._keyframe_timer is not None:
+            # Whoever asked meanwhile gets this keyframe: the deferred request is not sent.
+            self._keyframe_timer.cancel()
+            self._keyframe_timer = None
 
     def _new_source(self, ssrc: int) -> None:
         if self.ssrc >= 0:
@@ -406,15 +433,32 @@ class Producer:
     # --- consumers and keyframes ------------------------------------------------------------
 
     def add_consumer(self, consumer: Consumer) -> None:
-        if consumer not in self.consumers:
+        if consumer in self.consumers or consumer in self.catching_up:
+            return
+        if consumer.replay_seq >= 0:
+            self.catching_up = self.catching_up + (consumer,)
+        else:
             self.consumers = self.consumers + (consumer,)
 
     def remove_consumer(self, consumer: Consumer) -> None:
         self.consumers = tuple(c for c in self.consumers if c is not consumer)
+        self.catching_up = tuple(c for c in self.catching_up if c is not consumer)
+
+    def hold(self, consumer: Consumer) -> None:
+        """A consumer being caught up from the ring gets no live packet until it has caught
+        up (the ring gives them to it in order)."""
+        self.remove_consumer(consumer)
+        self.catching_up = self.catching_up + (consumer,)
+
+    def release(self, consumer: Consumer) -> None:
+        """Caught up: live from the next packet on."""
+        self.remove_consumer(consumer)
+        if not self.closed and not consumer.closed:
+            self.consumers = self.consumers + (consumer,)
 
     def request_keyframe(self) -> None:
         """Ask the publisher for a keyframe, at most once per KEYFRAME_REQUEST_INTERVAL; a
-        request inside the window is sent when the window ends."""
+        request inside the window is sent when the window ends, unless a keyframe came first."""
         if self.closed:
             return
         now = time.monotonic()
@@ -451,9 +495,9 @@ class Producer:
         if self._keyframe_timer is not None:
             self._keyframe_timer.cancel()
             self._keyframe_timer = None
-        for consumer in self.consumers:
+        for consumer in self.consumers + self.catching_up:
             consumer.close()
-        self.consumers = ()
+        self.consumers = self.catching_up = ()
         pc, self.pc = self.pc, None
         if pc is not None:
             await pc.close()

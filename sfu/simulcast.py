@@ -30,7 +30,8 @@ from . import aiortc_hooks as hooks
 from . import vp8
 from .aiortc_hooks import SendPath
 from .bandwidth import ALLOCATE_SECONDS, Prober, StreamDemand, SubscriberBudget, quality_cap
-from .consumer import HISTORY_SIZE, KEYFRAME_RETRY_SECONDS, Consumer, SendParameters, StreamState
+from .consumer import KEYFRAME_RETRY_SECONDS, Consumer, SendParameters, StreamState
+from .history import LAYER_RING_SIZE, PacketRing
 from .producer import KEYFRAME_REQUEST_INTERVAL, LATENCY_SAMPLE, Producer
 from .rtp import (
     HEADER,
@@ -54,7 +55,6 @@ RECORDER_ACTIVE_SECONDS = 5.0  # ... and the recorder leaves it after this long
 RATE_SECONDS = 1.0  # layer bitrates are measured over windows of this length
 MIN_LAYER_BITRATE = 30_000  # bits/s: a layer never costs less than this in a budget
 MAX_TS_JUMP_SECONDS = 5.0  # an SR-aligned timestamp further ahead than this is not trusted
-_HISTORY_MASK = HISTORY_SIZE - 1
 SWITCH_WINDOW = 100  # packets after a switch during which older ones are dropped
 PAD_SECONDS = 0.05  # padding is sent in bursts this far apart
 _PADDING = bytes(254) + b"\xff"  # a padding-only payload: 255 bytes, the last one is the count
@@ -82,6 +82,7 @@ class Layer:
         "pid",
         "last_pli",
         "pli_timer",
+        "ring",
     )
 
     def __init__(self, rid: str) -> None:
@@ -102,6 +103,7 @@ class Layer:
         self.pid = vp8.PictureIdExtender()
         self.last_pli = -1e9
         self.pli_timer: asyncio.TimerHandle | None = None
+        self.ring = PacketRing(LAYER_RING_SIZE)  # this layer's recent packets (sfu.history)
 
     def __repr__(self) -> str:
         return f"Layer({self.rid} {self.width}x{self.height} {self.bitrate // 1000} kbit/s)"
@@ -212,6 +214,12 @@ class SimulcastProducer(Producer):
             body = payload
         seq, ts = SEQ_TS.unpack_from(data, 2)
         abs3 = abs_send_time_bytes()
+        # Kept once per layer for every consumer: late joiners are caught up from it, NACKs
+        # answered from it (the descriptor keeps the extended picture id).
+        layer.ring.put(seq, data, abs3, desc)
+        if keyframe and layer.ring.keyframe(seq, ts, layer.ssrc, now) and layer.pli_timer is not None:
+            layer.pli_timer.cancel()  # whoever asked meanwhile gets this keyframe
+            layer.pli_timer = None
         b0 = data[0]
         b1 = data[1]
         if self._taps:
@@ -312,6 +320,7 @@ class SimulcastProducer(Producer):
         recording = self._recording
         if recording is None:
             recording = self._recording = SimulcastConsumer(self, "recorder", StreamState())
+            recording.replays = False  # a recording starts at a live keyframe, never from the ring
             recording.bind(SendParameters(
                 pt=self.pt, rtx_pt=None, ssrc=0x5EC0DE, rtx_ssrc=0, ext_before=b"", ext_after=b"",
                 has_abs=False, path=SendPath(_same, self._tap_out, None),
@@ -338,8 +347,8 @@ class SimulcastProducer(Producer):
 
     def request_keyframe(self, layer: Layer | None = None) -> None:
         """A PLI to one layer, at most one per layer per KEYFRAME_REQUEST_INTERVAL; a request
-        inside the window is sent when it ends. None (the recorder's request): the layer it
-        records, or every active layer before it has one."""
+        inside the window is sent when it ends, unless a keyframe of the layer came first. None
+        (the recorder's request): the layer it records, or every active layer before it has one."""
         if self.closed:
             return
         if layer is None:
@@ -410,6 +419,7 @@ class SimulcastConsumer(Consumer):
         "max_tl0",
         "switches",
         "frame_ticks",
+        "replay_layer",
     )
 
     def __init__(
@@ -433,6 +443,7 @@ class SimulcastConsumer(Consumer):
         self.max_tl0 = -1
         self.switches = 0
         self.frame_ticks = max(1, producer.clock_rate // 30)  # one frame at 30 fps
+        self.replay_layer: Layer | None = None
 
     # --- control ------------------------------------------------------------------------------
 
@@ -451,8 +462,56 @@ class SimulcastConsumer(Consumer):
             self.last_keyframe_request = time.monotonic()
             if self.target is None and self.producer.ranked:  # type: ignore[attr-defined]
                 self.target = self.producer.ranked[0]  # type: ignore[attr-defined]
-            if self.target is not None:
+            if self.target is not None and not self._catch_up():
                 self.producer.request_keyframe(self.target)  # type: ignore[call-arg]
+
+    # --- catching up from the target layer's ring (a start only: a switch waits for a live
+    # keyframe of the new layer, while the old one goes on, rather than rewind the picture) ---
+
+    def _replay_source(self) -> tuple[PacketRing, int, int] | None:
+        layer = self.replay_layer if self.replay_seq >= 0 else self.target
+        if layer is None or (layer is not self.target and layer is not self.current):
+            return None  # the target changed before the replay started the stream
+        self.replay_layer = layer
+        return layer.ring, layer.ssrc, layer.max_seq
+
+    def _replay_packet(self, ring: PacketRing, i: int, now: float) -> bool:
+        data: bytes = ring.packets[i]  # type: ignore[assignment]
+        desc = ring.descs[i]
+        payload = data[payload_offset(data):]
+        if desc is not None:
+            body = payload[desc.size:]
+            keyframe = desc.keyframe
+        else:
+            body = payload
+            keyframe = h264_is_keyframe_start(payload)
+        seq, ts = SEQ_TS.unpack_from(data, 2)
+        layer: Layer = self.replay_layer  # type: ignore[assignment]
+        return self.forward_layer(layer, data[0], data[1], seq, ts, body, desc, ring.stamps[i], keyframe, now) > 0
+
+    def _rewrite(self, ring: PacketRing, i: int, oseq: int, ts_off: int, pid_off: int, tl0_off: int) -> bytes:
+        """What `forward_layer` made of ring slot `i` (a retransmission)."""
+        data: bytes = ring.packets[i]  # type: ignore[assignment]
+        desc = ring.descs[i]
+        payload = data[payload_offset(data):]
+        if desc is None:
+            head, body = b"", payload
+        else:
+            body = payload[desc.size:]
+            if desc.picture_id >= 0:
+                pid = (desc.picture_id + pid_off) & 0x7FFF
+                tl0 = (desc.tl0 + tl0_off) & 0xFF if desc.tl0 >= 0 else -1
+                if desc.tl0 >= 0 and desc.tk >= 0:
+                    head = _VP8_FULL.pack(desc.b0 | 0x80, 0xC0 | desc.tk_flags, 0x8000 | pid, tl0, desc.tk)
+                else:
+                    head = vp8.build(desc, pid, tl0)
+            else:
+                head = vp8.build(desc, 0, desc.tl0)
+        ots = (U32.unpack_from(data, 4)[0] + ts_off) & 0xFFFFFFFF
+        header = HEADER.pack(0x80 | self.x_bit | (data[0] & 0x20), (data[1] & 0x80) | self.pt, oseq, ots, self.ssrc)
+        if self.has_abs:
+            return b"".join((header, self.ext_before, ring.stamps[i], self.ext_after, head, body))  # type: ignore[arg-type]
+        return b"".join((header, self.ext_before, head, body))
 
     def request_keyframe(self) -> None:
         """A PLI/FIR from the subscriber: to the layer it is shown (or waiting for)."""
@@ -521,7 +580,6 @@ class SimulcastConsumer(Consumer):
             out = b"".join((header, self.ext_before, abs3, self.ext_after, head, body))
         else:
             out = b"".join((header, self.ext_before, head, body))
-        self.history[oseq & _HISTORY_MASK] = out
         self.sendto(self.protect(out), self.addr)  # type: ignore[misc]
         if ((oseq - self.max_seq) & 0xFFFF) < 0x8000:
             self.max_seq = oseq
@@ -571,6 +629,7 @@ class SimulcastConsumer(Consumer):
         self.src_ssrc = layer.ssrc
         self.current = layer
         self.waiting_keyframe = False
+        self._mark_segment(layer.ring, layer.ssrc, seq, self.pid_off, self.tl0_off)
         if previous is not None:
             self.switches += 1
             self.producer.stats.layer_switches += 1

@@ -220,6 +220,7 @@ class SubscriberTransport:
 
         transceiver = self.pc.addTransceiver(hooks.IdleTrack(), direction="sendonly")
         transceiver.setCodecPreferences(codec.capabilities())
+        hooks.idle_receiver(transceiver.receiver)  # memory per subscriber m-line
         slot = Slot(transceiver, codec)
         sender = transceiver.sender
         hooks.hook_sender_start(sender, lambda parameters: self._slot_started(slot, parameters))

@@ -74,9 +74,12 @@ def make_producer(stats=None):
     )
 
 
-def make_consumer(producer):
+def make_consumer(producer, replays=False):
+    """A bound, answered consumer; by default it waits for a live keyframe (the tests of the
+    catch-up from the ring ask for it)."""
     out = []
     consumer = SimulcastConsumer(producer, "sub", StreamState())
+    consumer.replays = replays
     consumer.bind(SendParameters(
         pt=OUT_PT, rtx_pt=None, ssrc=OUT_SSRC, rtx_ssrc=0, ext_before=b"", ext_after=b"", has_abs=False,
         path=SendPath(lambda b: b, lambda b, addr: out.append(parse_out(b)), None),
@@ -374,3 +377,45 @@ async def test_layers_rank_by_bitrate_until_every_resolution_is_known():
     assert [x.rid for x in p.ranked] == ["f", "q"]  # by bitrate: f's size is not known yet
     pub.send("f", keyframe=True)
     assert [x.rid for x in p.ranked] == ["q", "f"]  # by resolution once both are known
+
+
+async def test_a_new_subscriber_starts_from_the_cached_keyframe_and_every_packet_is_retransmitted_as_sent():
+    """Caught up from the lowest layer's ring, then switched up and down: one continuous
+    stream, and a NACK of any packet of it (before or after a switch) is rewritten again from
+    the layer rings byte for byte. The recording, started meanwhile, begins at a live keyframe."""
+    p = make_producer()
+    taps = []
+    pub = Publisher(p)
+    pub.tick(keyframes=SIZES)
+    pub.tick()
+    raw = []
+    c = SimulcastConsumer(p, "sub", StreamState())
+    c.bind(SendParameters(
+        pt=OUT_PT, rtx_pt=None, ssrc=OUT_SSRC, rtx_ssrc=0, ext_before=b"", ext_after=b"", has_abs=False,
+        path=SendPath(lambda b: b, lambda b, addr: raw.append(b), None),
+    ))
+    p.add_consumer(c)
+    c.resume()
+    assert c.current is layer(p, "q") and c.replayed == 4  # q's keyframe frame and the next
+    assert vp8.parse(parse_out(raw[0])["payload"]).keyframe
+    p._taps.append(lambda pid, kind, mime, pt, clock, data: taps.append(parse_out(data)))
+    pub.tick()
+    assert taps == []  # the recorder waits for a live keyframe of its layer
+    c.set_target(layer(p, "f"))
+    pub.tick(keyframes=("f",))
+    pub.tick()
+    c.set_target(layer(p, "h"))
+    pub.tick(keyframes=("h",))
+    pub.tick()
+    assert c.current is layer(p, "h") and c.switches == 2
+    out = [parse_out(x) for x in raw]
+    check_continuous(out)
+    assert taps and vp8.parse(taps[0]["payload"]).keyframe
+    for packet, sent in zip(out, raw, strict=True):
+        assert c.rebuild(packet["seq"]) == sent
+    # Retransmitted as sent, counted, within the budget.
+    before = len(raw)
+    assert c.retransmit([out[0]["seq"], out[5]["seq"], out[-1]["seq"]]) == 3
+    assert raw[before:] == [raw[0], raw[5], raw[before - 1]]
+    assert c.retransmitted == 3
+    assert c.rebuild((out[0]["seq"] - 1) & 0xFFFF) is None  # never sent
