@@ -99,6 +99,7 @@ class BatchReceiver:
         self.datagrams = 0
         self.slow_groups = 0  # groups counted packet by packet
         self.rtcp_dropped = 0
+        self.closed = 0  # sockets whose peer connection closed (no longer read)
 
     def add(self, transport: Any, protocol: Any, counters: dict[int, Any]) -> None:
         """Take an ICE socket out of the event loop; its RTP is counted into `counters`
@@ -136,6 +137,7 @@ class BatchReceiver:
         base, size = self._base, self._size
         for sock in self.sockets:
             if sock.transport.is_closing():  # its fd is about to be closed: never read it again
+                self.closed += 1
                 continue
             live.append(sock)
             got = 0

@@ -150,10 +150,13 @@ class EncodedClip:
         codec.time_base = fractions.Fraction(1, fps)
         count = max(2, int(seconds * fps))
         codec.gop_size = count + 1  # one keyframe: the first frame
-        # Real-time constant bitrate, as a webcam publisher's encoder runs.
+        # Constant bitrate, as a webcam publisher's encoder runs, but a fixed speed setting and
+        # one thread: the clip (hence packets per second) does not depend on how busy the
+        # machine was while it was encoded (a negative cpu-used adapts to the time taken).
+        codec.thread_count = 1
         codec.options = {
-            "deadline": "realtime",
-            "cpu-used": "-6",
+            "deadline": "good",
+            "cpu-used": "4",
             "lag-in-frames": "0",
             "minrate": str(bitrate),
             "maxrate": str(bitrate),
