@@ -37,8 +37,10 @@ def aggregate(results: list[Result], window: float) -> dict[str, Any]:
     arrivals = 0
     errors: list[str] = []
     audio_pps = 0.0
+    keyframes = 0
     for c in clients:
         errors += c["errors"]
+        keyframes += c["end"].get("keyframes_requested", 0) - c["start"].get("keyframes_requested", 0)
         span = max(1e-3, c["end"]["at"] - c["start"]["at"])
         audio_pps += (c["end"]["audio_packets"] - c["start"]["audio_packets"]) / span
         if c["spec"]["role"] != "subscriber":
@@ -105,6 +107,17 @@ def aggregate(results: list[Result], window: float) -> dict[str, Any]:
             "samples": len(e2e),
         },
         "client_cpu_cores": rounded(cpu_s / window, 3),
+        # per client process: what each holds (publishers, decoding and light subscribers)
+        "client_processes_cpu": [
+            {
+                "cores": rounded(r.cpu_s / window, 3),
+                "publishers": sum(1 for c in r.clients if c["spec"]["role"] == "publisher"),
+                "decoding": sum(1 for c in r.clients if c["spec"]["role"] == "subscriber" and c["spec"]["decode"]),
+                "light": sum(1 for c in r.clients if c["spec"]["role"] == "subscriber" and not c["spec"]["decode"]),
+            }
+            for r in sorted(results, key=lambda r: r.worker)
+        ],
+        "replay_keyframes_sent": keyframes,
         "client_errors": errors[:20],
     }
 

@@ -2,12 +2,19 @@
 
 For each `--workers` value, meetings of 1 publisher -> K subscribers are added one step at a
 time (`meeting-sfu bench --meetings M`, a fresh server each time) until a run loses more than
-`--max-loss` % of packets or a decoding subscriber drops below `--min-fps`; the highest forwarded
-packets/s of a run that held is the capacity. Every subscriber but one per meeting is light: it
-counts SRTP packets by their clear header on its ICE socket and drops them undecrypted, so the
-load generator takes a small share of the machine (its CPU is reported beside the server's).
+`--max-loss` % of packets or a subscriber's stream falls below `--min-fps`; the highest forwarded
+packets/s of a run that held is the capacity. The server does all its work (SRTP, RTCP, NACK/RTX,
+metrics); the load generator, on the same cores, is kept light:
 
-    .venv/bin/python -m bench.capacity --workers 1,2 --subscribers 40 --json bench/results/capacity.json
+* publishers replay a VP8 clip encoded once per client process (no real-time encoder each);
+* one subscriber in the whole run decodes (fps, forwarding latency); every other one is light:
+  its process reads its ICE socket with recvmmsg(2) in batches and counts the SRTP headers
+  without decrypting (bench/batch_receive.py).
+
+Each step reports the generator's CPU per received packet beside the server's CPU per forwarded
+packet, and the load average before it (other work on the machine skews a capacity figure).
+
+    .venv/bin/python -m bench.capacity --workers 1,2 --json bench/results/capacity.json
 """
 
 from __future__ import annotations
@@ -34,6 +41,11 @@ def one_run(workers: int, meetings: int, options: argparse.Namespace) -> dict[st
             "--publishers", "1",
             "--subscribers", str(options.subscribers),
             "--decoders", "1",
+            "--decoding-meetings", "1",
+            "--replay",
+            "--bitrate", str(options.bitrate),
+            "--batch-ms", str(options.batch_ms),
+            "--setup-timeout", str(options.setup_timeout),
             "--duration", str(options.duration),
             "--warmup", str(options.warmup),
             "--width", str(options.width),
@@ -55,66 +67,122 @@ def one_run(workers: int, meetings: int, options: argparse.Namespace) -> dict[st
 def held(run: dict[str, Any], options: argparse.Namespace) -> bool:
     if "failed" in run:
         return False
-    fps = run.get("fps_min")
+    fps = run.get("fps_min")  # of every subscriber's stream, from RTP marker bits
+    decoded = run.get("decoded_fps_min")  # the decoding subscriber's: the stream stays decodable
     loss = run.get("loss_percent")
-    return fps is not None and fps >= options.min_fps and loss is not None and loss <= options.max_loss
+    return (
+        fps is not None
+        and fps >= options.min_fps
+        and (decoded is None or decoded >= options.min_fps)
+        and loss is not None
+        and loss <= options.max_loss
+    )
 
 
-def capacity(workers: int, options: argparse.Namespace) -> dict[str, Any]:
+def describe(run: dict[str, Any], ok: bool) -> str:
+    if "failed" in run:
+        return f"workers={run['workers']} meetings={run['meetings']} FAILED to run: {run['failed'][-200:]}"
+    load = run.get("load_before") or [0.0]
+    return (
+        f"workers={run['workers']} meetings={run['meetings']} x {run.get('subscribers')}: "
+        f"{run.get('forwarded_pps')} pkt/s, fps min {run.get('fps_min')}, loss {run.get('loss_percent')} %, "
+        f"server {run.get('server_cpu_cores')} cores ({run.get('cpu_us_per_packet')} us/pkt), "
+        f"load generator {run.get('client_cpu_cores')} cores ({run.get('client_cpu_us_per_packet')} us/pkt), "
+        f"other work {run.get('host_other_cores')} cores, load before {load[0]:.2f}: {'held' if ok else 'FAILED'}"
+    )
+
+
+def capacity(workers: int, options: argparse.Namespace, start: int) -> dict[str, Any]:
+    """Steps up from `start` meetings until one fails; if the very first fails, steps down
+    (to `--start`) until one holds."""
     steps: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
-    for meetings in range(options.start, options.max_meetings + 1, options.step):
+    meetings, direction = start, 1
+    while options.start <= meetings <= options.max_meetings:
         run = one_run(workers, meetings, options)
         ok = held(run, options)
         steps.append(run)
-        fwd = run.get("forwarded_pps")
-        print(
-            f"workers={workers} meetings={meetings} forwarded={fwd} pkt/s cpu={run.get('server_cpu_cores')} "
-            f"fps_min={run.get('fps_min')} loss={run.get('loss_percent')} {'held' if ok else 'FAILED'}",
-            file=sys.stderr,
-        )
-        if not ok:
+        print(describe(run, ok), file=sys.stderr, flush=True)
+        if ok:
+            if best is None or (run.get("forwarded_pps") or 0) > (best.get("forwarded_pps") or 0):
+                best = run
+            if direction < 0:
+                break
+        elif direction > 0 and best is None and meetings > options.start:
+            direction = -1
+        elif direction > 0:
             break
-        if best is None or (fwd or 0) > (best.get("forwarded_pps") or 0):
-            best = run
+        meetings += direction * options.step
     return {"workers": workers, "best": best, "steps": steps}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.capacity", description=__doc__.split("\n\n")[0])
     p.add_argument("--workers", default="1,2", help="comma-separated [media] workers values")
-    p.add_argument("--subscribers", "-s", type=int, default=40, help="per meeting")
+    p.add_argument("--subscribers", "-s", type=int, default=50, help="per meeting")
     p.add_argument("--start", type=int, default=1, help="meetings in the first step")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="after the first --workers value, start at the meetings the previous one held "
+        "(saves the steps it already passed; steps down if that one fails)",
+    )
     p.add_argument("--step", type=int, default=1, help="meetings added per step")
     p.add_argument("--max-meetings", type=int, default=16)
     p.add_argument("--duration", type=float, default=8.0, help="measuring window per step, s")
     p.add_argument("--warmup", type=float, default=3.0)
     p.add_argument("--width", type=int, default=320)
     p.add_argument("--height", type=int, default=240)
-    p.add_argument("--processes", type=int, default=2, help="load generator processes")
+    p.add_argument(
+        "--processes", type=int, default=3,
+        help="load generator processes: one for the publishers and the decoding subscriber, the others "
+        "for the light subscribers",
+    )
+    p.add_argument("--bitrate", type=int, default=600_000, help="of the replayed VP8 clip, bit/s")
+    p.add_argument("--batch-ms", type=float, default=100.0, help="light subscribers read their sockets every N ms")
+    p.add_argument("--setup-timeout", type=float, default=40.0, help="per client, s (many peers join at once)")
     p.add_argument("--max-loss", type=float, default=0.5, help="percent")
     p.add_argument("--min-fps", type=float, default=29.0)
     p.add_argument("--json", metavar="FILE")
     options = p.parse_args(argv)
     started = time.time()
-    results = [capacity(int(w), options) for w in options.workers.split(",")]
+    started_load = list(os.getloadavg())
+    results: list[dict[str, Any]] = []
+    for w in options.workers.split(","):
+        start = options.start
+        if options.resume and results and results[-1]["best"]:
+            start = max(options.start, results[-1]["best"]["meetings"])
+        results.append(capacity(int(w), options, start))
     base = (results[0]["best"] or {}).get("forwarded_pps") or 0
-    print("workers  meetings x subs  forwarded pkt/s  server cores  CPU/pkt us  client cores  vs first")
+    print(
+        "workers  held (meetings x subs)  forwarded pkt/s  server cores  server us/pkt  "
+        "generator cores  generator us/pkt  vs first"
+    )
     for r in results:
         b = r["best"] or {}
         pps = b.get("forwarded_pps") or 0
         print(
-            f"{r['workers']:>7}  {b.get('meetings', '-'):>8} x {options.subscribers:<4}  {pps:>15.0f}  "
-            f"{b.get('server_cpu_cores') or 0:>12.3f}  {b.get('cpu_us_per_packet') or 0:>10.1f}  "
-            f"{b.get('client_cpu_cores') or 0:>12.2f}  {pps / base if base else 0:>8.2f}"
+            f"{r['workers']:>7}  {b.get('meetings', '-'):>12} x {options.subscribers:<7}  {pps:>15.0f}  "
+            f"{b.get('server_cpu_cores') or 0:>12.3f}  {b.get('cpu_us_per_packet') or 0:>13.1f}  "
+            f"{b.get('client_cpu_cores') or 0:>15.3f}  {b.get('client_cpu_us_per_packet') or 0:>16.1f}  "
+            f"{pps / base if base else 0:>8.2f}"
         )
+    load = " ".join(f"{x:.2f}" for x in started_load)
+    print(f"load average at start {load}; {os.cpu_count()} CPUs")
     if options.json:
         Path(options.json).parent.mkdir(parents=True, exist_ok=True)
         body = {
             "bench": "meeting-sfu capacity",
             "command": ["python", "-m", "bench.capacity", *(argv if argv is not None else sys.argv[1:])],
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-            "host": {"cpus": os.cpu_count(), "load_at_start": list(os.getloadavg())},
+            "host": {"cpus": os.cpu_count(), "load_at_start": started_load},
+            "load_generator": {
+                "publishers": f"replay a VP8 clip encoded once ({options.width}x{options.height}, "
+                f"{options.bitrate} bit/s target, 30 fps)",
+                "subscribers": f"1 decoding in the run; the rest light, read every {options.batch_ms:g} ms with "
+                "recvmmsg and counted by their SRTP headers",
+                "processes": options.processes,
+            },
             "results": results,
         }
         Path(options.json).write_text(json.dumps(body, indent=2) + "\n")

@@ -79,6 +79,25 @@ def parser() -> argparse.ArgumentParser:
         help="subscribers per meeting that decode video; the others are light",
     )
     p.add_argument(
+        "--decoding-meetings",
+        type=int,
+        help="only the first N meetings have decoding subscribers (default: every meeting)",
+    )
+    p.add_argument(
+        "--replay",
+        action="store_true",
+        help="publishers replay a clip VP8-encoded once at --bitrate instead of encoding live "
+        "(no encoder per publisher; no end-to-end latency)",
+    )
+    p.add_argument(
+        "--batch-ms",
+        type=float,
+        default=0.0,
+        help="> 0: light subscribers get processes of their own that read their sockets every "
+        "BATCH_MS ms in the window instead of waking per datagram (publishers and decoding "
+        "subscribers in one more process)",
+    )
+    p.add_argument(
         "--audio",
         action="store_true",
         help="every client also opens the audio PC (publishers send a tone)",
@@ -158,6 +177,8 @@ async def run(options: argparse.Namespace) -> dict[str, Any]:
             "duration_s": options.duration,
             "warmup_s": options.warmup,
             "decoders": options.decoders,
+            "decoding_meetings": options.decoding_meetings,
+            "replay": options.replay,
             "audio": options.audio,
             "bitrate": options.bitrate,
             "video": f"VP8 {options.width}x{options.height} {options.fps} fps",

@@ -188,6 +188,8 @@ async def run_once(
             fps=options.fps,
             timeout=options.setup_timeout,
             concurrency=options.concurrency,
+            replay=options.replay,
+            batch_ms=options.batch_ms,
         )
         workers = Workers(target.base_url, specs, processes, settings)
         errors: list[str] = []
@@ -207,6 +209,11 @@ async def run_once(
         progress.done()
         result.update(aggregate(results, window.seconds))
         result.update(server_figures(window, result["forwarded_pps"]))
+        # The load generator's CPU per packet its subscribers received, beside the server's per
+        # packet it forwarded: the generator must cost well below the server for a capacity run.
+        pps = result["forwarded_pps"]
+        cpu = result["client_cpu_cores"]
+        result["client_cpu_us_per_packet"] = rounded(cpu / pps * 1e6, 1) if pps and cpu is not None else None
         # The whole machine's busy cores in the window, and what neither the server nor the
         # bench's clients used (other work on a shared machine skews every figure).
         result["host_busy_cores"] = rounded(window.host_busy_cores, 2)

@@ -20,6 +20,7 @@ async def create_meetings(
     options: argparse.Namespace,
 ) -> list[ClientSpec]:
     specs: list[ClientSpec] = []
+    decoding_meetings = meetings if options.decoding_meetings is None else options.decoding_meetings
     async with aiohttp.ClientSession() as http:
         for m in range(meetings):
             room = str(uuid.uuid4())
@@ -63,7 +64,7 @@ async def create_meetings(
                         authority(user, {room: "member"}),
                         meeting_id,
                         "subscriber",
-                        decode=i < options.decoders,
+                        decode=i < options.decoders and m < decoding_meetings,
                         audio=options.audio,
                         publishers=pubs,
                         join_delay=(i // batch) * interval if batch > 0 else 0.0,

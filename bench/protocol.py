@@ -29,6 +29,10 @@ class WorkerSettings:
     fps: int
     timeout: float  # per client set-up, s
     concurrency: int  # client set-ups at once
+    replay: bool = False  # publishers replay a clip encoded once (at `bitrate`) instead of encoding
+    # > 0: publishers and decoding subscribers get a process of their own, and each process of
+    # light subscribers reads its sockets every `batch_ms` in the window instead of per datagram
+    batch_ms: float = 0.0
 
 
 @dataclass(frozen=True)

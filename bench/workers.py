@@ -14,7 +14,8 @@ from typing import Any
 
 import aiohttp
 
-from .clients import BenchClient, ClientSpec
+from .batch_receive import BatchReceiver
+from .clients import BenchClient, ClientSpec, EncodedClip
 from .protocol import Command, Fatal, Marked, Ready, Report, Result, Stopped, WorkerSettings
 
 
@@ -26,10 +27,21 @@ def _worker_main(
     commands: Any,
     reports: Any,
 ) -> None:
+    import uvloop
+
     try:
-        asyncio.run(_worker(index, base_url, specs, settings, commands, reports))
+        if settings.batch_ms > 0 and _light_only(specs):
+            # Its sockets are paused and read in batches: that needs the selector loop's
+            # pause_reading (uvloop's datagram transport has none).
+            asyncio.run(_worker(index, base_url, specs, settings, commands, reports))
+        else:  # as the server runs: libuv reads each socket's datagrams in C
+            uvloop.run(_worker(index, base_url, specs, settings, commands, reports))
     except Exception as exc:  # pragma: no cover - reported to the parent
         reports.put(Fatal(index, f"{exc.__class__.__name__}: {exc}"))
+
+
+def _light_only(specs: list[dict[str, Any]]) -> bool:
+    return bool(specs) and all(s["role"] == "subscriber" and not s["decode"] for s in specs)
 
 
 def _client_result(c: BenchClient, start: dict[str, Any], end: dict[str, Any], t0: float) -> dict[str, Any]:
@@ -80,10 +92,18 @@ async def _worker(
             height=settings.height,
             fps=settings.fps,
             timeout=settings.timeout,
+            replay_bitrate=settings.bitrate if settings.replay else None,
         )
         for s in specs
     ]
     gate = asyncio.Semaphore(settings.concurrency)
+    batching = settings.batch_ms > 0 and _light_only(specs)
+    batch = BatchReceiver(settings.batch_ms / 1000) if batching else None
+    # A process of light subscribers only counts datagrams: with --batch-ms its sockets leave
+    # the event loop once each subscriber is ready and are read in batches (bench/batch_receive.py).
+    if batching:
+        for c in clients:
+            c.batch = batch
     tasks: list[asyncio.Task[None]] = []
     marks: dict[str, Any] = {}
 
@@ -110,8 +130,13 @@ async def _worker(
                 continue
             if cmd in (Command.PUBLISHERS, Command.SUBSCRIBERS):
                 role = "publisher" if cmd is Command.PUBLISHERS else "subscriber"
+                if settings.replay and any(c.spec.role == role == "publisher" for c in clients):
+                    # Encoded once here, before any publisher sends (about a second of CPU).
+                    EncodedClip.shared(settings.width, settings.height, settings.fps, settings.bitrate)
                 tasks += [asyncio.ensure_future(setup(c)) for c in clients if c.spec.role == role]
             elif cmd is Command.MARK:
+                if batch is not None:
+                    batch.drain()  # what arrived before the mark counts before it
                 for c in clients:
                     c.arrivals.clear()
                     c.sent_frames.clear()
@@ -121,6 +146,8 @@ async def _worker(
                 marks["cpu"] = time.process_time()
                 reports.put(Marked(index))
             elif cmd is Command.END:
+                if batch is not None:
+                    batch.drain()  # what arrived before the end counts in the window
                 for c in clients:
                     c.recording = False
                 end = {c.spec.user_id: c.snapshot() for c in clients}
@@ -131,6 +158,8 @@ async def _worker(
             elif cmd is Command.STOP:
                 return
     finally:
+        if batch is not None:
+            batch.stop()
         for t in tasks:
             t.cancel()
         await asyncio.gather(
@@ -152,8 +181,16 @@ class Workers:
         self.procs = []
         n = max(1, min(processes, len(specs)))
         slices: list[list[dict[str, Any]]] = [[] for _ in range(n)]
-        for i, spec in enumerate(specs):
-            slices[i % n].append(asdict(spec))
+        if settings.batch_ms > 0 and n > 1:
+            # Publishers and decoding subscribers in process 0 (never napping), light
+            # subscribers dealt over the others.
+            light = [s for s in specs if s.role == "subscriber" and not s.decode]
+            slices[0] = [asdict(s) for s in specs if not (s.role == "subscriber" and not s.decode)]
+            for i, spec in enumerate(light):
+                slices[1 + i % (n - 1)].append(asdict(spec))
+        else:
+            for i, spec in enumerate(specs):
+                slices[i % n].append(asdict(spec))
         for i, chunk in enumerate(slices):
             q = ctx.Queue()
             p = ctx.Process(

@@ -1,0 +1,130 @@
+"""What keeps the load generator light, on its own: the replayed VP8 clip (decodable, a keyframe
+on request) and the batch reader of light subscribers (it counts as the per-datagram path does,
+drops RTCP, hands STUN on)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+import time
+
+import av
+
+from bench.batch_receive import BatchReceiver
+from bench.clients import EncodedClip, ReplayTrack, StreamCounter
+
+
+def test_clip_starts_on_a_keyframe_and_decodes_looped_and_after_a_jump():
+    clip = EncodedClip(160, 120, 30, 300_000, seconds=0.5)
+    assert clip.keyframes == [0] and len(clip.frames) == 15
+    decoder = av.CodecContext.create("vp8", "r")
+    # Twice round the loop, then a jump back to the keyframe from the middle.
+    order = list(range(15)) * 2 + list(range(7)) + list(range(15))
+    frames = [f for i in order for f in decoder.decode(av.Packet(clip.frames[i]))]
+    assert len(frames) == len(order)
+    assert 100_000 < clip.bitrate < 600_000  # the encoder spends about what it was given
+
+
+def test_replay_track_answers_a_keyframe_request_with_the_clip_keyframe():
+    clip = EncodedClip(160, 120, 30, 300_000, seconds=0.5)
+
+    async def run() -> list[tuple[bytes, int]]:
+        track = ReplayTrack(clip)
+        sent = []
+        for n in range(8):
+            if n == 5:
+                track.request_keyframe()
+            packet = await track.recv()
+            sent.append((bytes(packet), packet.pts))
+        return sent
+
+    sent = asyncio.run(run())
+    assert [data for data, _ in sent] == [clip.frames[i] for i in (0, 1, 2, 3, 4, 0, 1, 2)]
+    assert [pts for _, pts in sent] == [n * 3000 for n in range(8)]  # fresh 90 kHz time stamps
+
+
+class _Protocol(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.transport: asyncio.DatagramTransport | None = None
+        self.got: list[tuple[bytes, tuple[str, int]]] = []
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        self.got.append((data, addr))
+
+
+def _rtp(seq: int, ssrc: int, marker: bool) -> bytes:
+    return struct.pack("!BBHII", 0x80, 96 | (0x80 if marker else 0), seq, 0, ssrc) + bytes(200)
+
+
+def test_batch_reader_counts_like_the_datagram_path_drops_rtcp_and_hands_stun_on():
+    # In order across the wrap, a lost packet, a repeated one, a late one, a second stream on the
+    # same socket, then a burst larger than one recvmmsg call.
+    a = [65530, 65531, 65532, 65533, 65535, 0, 1, 1, 2, 65534, 3] + [(4 + i) & 0xFFFF for i in range(300)]
+    b = [10, 11, 13]
+
+    async def run():
+        loop = asyncio.get_running_loop()
+        transport, protocol = await loop.create_datagram_endpoint(_Protocol, local_addr=("127.0.0.1", 0))
+        counters = {1: StreamCounter(), 2: StreamCounter()}
+        reference = {1: StreamCounter(), 2: StreamCounter()}
+        for ssrc, seq in ((1, 65529), (2, 9)):  # ready: a frame of each stream seen
+            for c in (counters[ssrc], reference[ssrc]):
+                c.add(seq, 212, True, time.time())
+        reader = BatchReceiver(3600, capacity=128)  # drained by hand below
+        reader.add(transport, protocol, counters)
+        tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        dest = transport.get_extra_info("sockname")
+        stun = b"\x00\x01\x00\x00" + bytes(16)
+        rtcp = bytes([0x80, 200]) + bytes(26)
+        sent = [(1, s) for s in a[:11]] + [(2, s) for s in b] + [(1, s) for s in a[11:]]
+        for i, (ssrc, seq) in enumerate(sent):
+            tx.sendto(_rtp(seq, ssrc, i % 3 == 0), dest)
+            reference[ssrc].add(seq, 212, i % 3 == 0, time.time())
+            if i == 5:
+                tx.sendto(stun, dest)
+                tx.sendto(rtcp, dest)
+        await asyncio.sleep(0.2)
+        assert protocol.got == []  # paused: nothing went through the event loop
+        reader.drain()
+        reader.stop()
+        transport.close()
+        tx.close()
+        return counters, reference, protocol.got, reader
+
+    counters, reference, got, reader = asyncio.run(run())
+    for ssrc in (1, 2):
+        assert counters[ssrc].snapshot() == reference[ssrc].snapshot(), ssrc
+        assert counters[ssrc].max_ext == reference[ssrc].max_ext
+    assert [data for data, _ in got] == [b"\x00\x01\x00\x00" + bytes(16)]
+    assert got[0][1][0] == "127.0.0.1" and got[0][1][1] > 0
+    assert reader.rtcp_dropped == 1
+    assert reader.slow_groups >= 1  # the repeated and late packets went packet by packet
+
+
+def test_a_light_run_end_to_end(tmp_path):
+    """Replaying publishers and batch-read light subscribers through the real server: every
+    subscriber gets the stream, the decoding one decodes it, and each process's share shows."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "light.json"
+    cmd = [
+        sys.executable, "-m", "bench.load", "--meetings", "1", "--subscribers", "3", "--decoders", "1",
+        "--replay", "--batch-ms", "20", "--processes", "2", "--width", "320", "--height", "240",
+        "--bitrate", "400000", "--duration", "2", "--warmup", "1", "--quiet", "--json", str(out),
+    ]
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=120, check=False)
+    assert out.exists(), proc.stderr[-3000:]
+    (run,) = json.loads(out.read_text())["runs"]
+    assert "failed" not in run, run
+    assert run["subscribers_ready"] == 3 and run["subscriber_streams"] == 3
+    assert run["fps_min"] > 20 and run["decoded_fps_min"] > 20, run
+    assert run["client_cpu_us_per_packet"] is not None
+    assert [(p["publishers"], p["decoding"], p["light"]) for p in run["client_processes_cpu"]] == [(1, 1, 0), (0, 0, 2)]
