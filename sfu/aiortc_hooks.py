@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import logging
+import random
 import secrets
 import string
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -48,6 +50,9 @@ _PRIVATE_NAMES: tuple[tuple[Any, str, str], ...] = (
     (aioice.ice.Connection, "send", "ICE data path"),
     (aioice.ice, "get_host_addresses", "host candidates on the configured addresses only"),
     (aioice.ice.Connection, "get_component_candidates", "server ICE on the shared UDP sockets"),
+    (aioice.ice.Connection, "query_consent", "consent freshness as RFC 7675 words it"),
+    (aioice.ice, "CONSENT_INTERVAL", "consent freshness as RFC 7675 words it"),
+    (aioice.ice, "CONSENT_FAILURES", "consent freshness as RFC 7675 words it"),
     (aioice.ice.Connection, "data_received", "DTLS/SRTP from a shared socket to its connection"),
     (aioice.ice, "StunProtocol", "a connection's endpoint on a shared socket"),
     (_StunProtocol, "datagram_received", "STUN from a shared socket"),
@@ -72,7 +77,7 @@ _RECEIVER_ATTRIBUTES = (
     "_RTCRtpReceiver__rtx_ssrc",
 )
 _SENDER_ATTRIBUTES = ("_ssrc", "_rtx_ssrc", "_stream_id")
-_CONNECTION_ATTRIBUTES = ("_nominated", "_protocols", "_local_username")
+_CONNECTION_ATTRIBUTES = ("_nominated", "_protocols", "_local_username", "_query_consent_task")
 
 
 def check_private_api() -> None:
@@ -175,6 +180,7 @@ _AIOICE_COMPONENT_CANDIDATES = getattr(aioice.ice.Connection, "get_component_can
 _AIOICE_ORIGINALS = {
     "aioice.ice.get_host_addresses": _AIOICE_HOST_ADDRESSES,
     "aioice.ice.Connection.get_component_candidates": _AIOICE_COMPONENT_CANDIDATES,
+    "aioice.ice.Connection.query_consent": getattr(aioice.ice.Connection, "query_consent", None),
 }
 # Set only while a server PC gathers (sfu.peer.local_sdp): its connections then use the shared
 # sockets; client PCs of the same process (tests, the load generator) keep their own sockets.
@@ -288,6 +294,66 @@ async def _get_component_candidates(
         self._protocols.append(protocol)
         candidates.append(protocol.local_candidate)
     return candidates
+
+
+# --- ICE: consent freshness ------------------------------------------------------------------
+
+# A consent check may be answered this late: aioice's STUN timers retransmit it after 0.5, 1.5
+# and 3.5 s and give up at 7.5 s, which is longer than the ~5 s between checks.
+CONSENT_RETRANSMISSIONS = 3
+_consent_log = logging.getLogger("meeting_sfu.sfu.ice")
+
+
+def install_consent_freshness() -> None:
+    """Every ICE connection of the process checks consent as RFC 7675 words it (idempotent).
+
+    aioice gives each check 0.5 s and no retransmission, and expires consent after 6 checks in
+    a row went unanswered in time: on a loaded node (every check answered 0.6 s late for 30 s,
+    by either side's event loop) every connection of the node is closed at once, although
+    both ends still answer. RFC 7675 section 5.1 expires consent only when no check sent in
+    the last 30 s has been answered: here a check lives 7.5 s, and consent expires when none
+    was answered for CONSENT_INTERVAL * CONSENT_FAILURES (30 s)."""
+    if _AIOICE_ORIGINALS["aioice.ice.Connection.query_consent"] is not None:  # else check_private_api()
+        aioice.ice.Connection.query_consent = _query_consent
+
+
+async def _query_consent(self: aioice.ice.Connection) -> None:
+    assert self.remote_password is not None  # consent checks start once connect() has it
+    loop = asyncio.get_running_loop()
+    interval = aioice.ice.CONSENT_INTERVAL
+    expiry = interval * aioice.ice.CONSENT_FAILURES
+    key = self.remote_password.encode("utf8")
+    answered = [loop.time()]
+    pending: set[asyncio.Future[None]] = set()  # at most 2 per nominated pair (7.5 s vs >= 4 s)
+
+    async def check(pair: Any) -> None:
+        try:
+            await pair.protocol.request(
+                self.build_request(pair, nominate=False),
+                pair.remote_addr,
+                integrity_key=key,
+                retransmissions=CONSENT_RETRANSMISSIONS,
+            )
+        except (aioice.stun.TransactionError, OSError):
+            return
+        answered[0] = loop.time()
+
+    try:
+        while True:
+            await asyncio.sleep(interval * (0.8 + 0.4 * random.random()))
+            if loop.time() - answered[0] >= expiry:
+                _consent_log.info("ice consent expired unanswered_seconds=%.1f", loop.time() - answered[0])
+                self._query_consent_task = None  # close() must not cancel the task it runs in
+                await self.close()
+                return
+            for pair in list(self._nominated.values()):
+                if len(pending) < 8:
+                    task = asyncio.ensure_future(check(pair))
+                    pending.add(task)
+                    task.add_done_callback(pending.discard)
+    finally:
+        for task in list(pending):
+            task.cancel()
 
 
 # --- codecs ----------------------------------------------------------------------------------
@@ -605,6 +671,7 @@ __all__ = [
     "hook_sender_reports",
     "hook_sender_rtcp",
     "hook_sender_start",
+    "install_consent_freshness",
     "install_shared_ice",
     "private_names",
     "receiver_rtcp_ssrc",

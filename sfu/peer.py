@@ -31,6 +31,7 @@ _settings = IceSettings()
 _sockets = UdpMuxSet()
 _sockets.configure(_settings.addresses, _settings.udp_port)
 hooks.install_shared_ice()  # only connections gathering inside `local_sdp` are affected
+hooks.install_consent_freshness()  # every ICE connection of the process, server and client
 
 
 def _configured_host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
