@@ -140,7 +140,7 @@ def private_names() -> list[str]:
     names += [f"aiortc.RTCDtlsTransport.{a}" for a in _DTLS_ATTRIBUTES]
     names += [f"aiortc.RTCRtpSender.{a}" for a in _SENDER_ATTRIBUTES]
     names += [f"aiortc.RTCRtpReceiver.{a}" for a in _RECEIVER_ATTRIBUTES]
-    names += ["pylibsrtp._binding.lib.srtp_protect", "pylibsrtp.Session._srtp"]
+    names += ["pylibsrtp._binding.lib.srtp_protect", "pylibsrtp._binding.lib.srtp_unprotect", "pylibsrtp.Session._srtp"]
     # the lean receive path (LeanIngress)
     names += [f"aiortc.RTCRtpReceiver.{a}" for a in _RECEIVER_LEAN_ATTRIBUTES]
     names += [f"aiortc.RTCDtlsTransport.{a}" for a in _DTLS_LEAN_ATTRIBUTES]
@@ -478,14 +478,15 @@ def send_path(dtls: RTCDtlsTransport) -> SendPath | None:
 # --- pylibsrtp: libsrtp's own srtp_protect for the compiled fast path --------------------------
 
 
-def srtp_protect_address() -> int:
+def srtp_protect_address(name: str = "srtp_protect") -> int:
     """The address of libsrtp 2.x's `srtp_protect(srtp_t, void *, int *)` inside pylibsrtp (the
-    fast path calls it on aiortc's own sessions: no second libsrtp in the process)."""
+    fast path calls it on aiortc's own sessions: no second libsrtp in the process); with
+    name="srtp_unprotect", that of `srtp_unprotect` (the same signature; the lean receive path)."""
     from pylibsrtp._binding import ffi, lib
 
-    function = ffi.addressof(lib, "srtp_protect")
+    function = ffi.addressof(lib, name)
     if ffi.typeof(function).cname != _SRTP_PROTECT_TYPE:
-        raise RuntimeError(f"srtp_protect is {ffi.typeof(function).cname}, not {_SRTP_PROTECT_TYPE}")
+        raise RuntimeError(f"{name} is {ffi.typeof(function).cname}, not {_SRTP_PROTECT_TYPE}")
     return int(ffi.cast("uintptr_t", function))
 
 
@@ -504,11 +505,12 @@ def _srtp_missing() -> list[str]:
         import pylibsrtp
         from pylibsrtp._binding import ffi, lib
 
-        if not hasattr(lib, "srtp_protect"):
-            return ["pylibsrtp._binding.lib.srtp_protect (the compiled fast path)"]
-        cname = ffi.typeof(ffi.addressof(lib, "srtp_protect")).cname
-        if cname != _SRTP_PROTECT_TYPE:
-            return [f"pylibsrtp._binding.lib.srtp_protect as {_SRTP_PROTECT_TYPE} (is {cname})"]
+        for name in ("srtp_protect", "srtp_unprotect"):
+            if not hasattr(lib, name):
+                return [f"pylibsrtp._binding.lib.{name} (the compiled fast path)"]
+            cname = ffi.typeof(ffi.addressof(lib, name)).cname
+            if cname != _SRTP_PROTECT_TYPE:
+                return [f"pylibsrtp._binding.lib.{name} as {_SRTP_PROTECT_TYPE} (is {cname})"]
         if not hasattr(pylibsrtp.Session(), "_srtp"):
             return ["pylibsrtp.Session._srtp (the compiled fast path)"]
     except Exception as exc:
@@ -757,7 +759,8 @@ class LeanIngress:
 
     MAX_SSRCS = 16
     __slots__ = (
-        "dtls", "receiver", "on_rtp", "fallback", "queue_empty", "srtp", "ssrcs", "kinds", "clocks",
+        "dtls", "receiver", "on_rtp", "fallback", "queue_empty", "srtp", "key", "unprotect", "ssrcs", "kinds",
+        "clocks",
         "abs_id", "packets", "fallbacks", "failures", "_tasks", "__weakref__",
     )
 
@@ -769,6 +772,10 @@ class LeanIngress:
         self.fallback = fallback
         self.queue_empty = queue_empty
         self.srtp: Any = None  # the receiving SRTP session while DTLS is connected
+        # unprotect(key, data) -> bytes | None: libsrtp's srtp_unprotect called from C on the
+        # session's srtp_t (sfu.fastpath), or pylibsrtp's wrapper on the session
+        self.key: Any = None
+        self.unprotect: Callable[[Any, bytes], bytes | None] = _unprotect_python
         self.ssrcs: set[int] = set()  # SSRCs aiortc's router sends to this receiver
         self.kinds: dict[int, int] = {}  # payload type -> -1 (media) or the RTX's apt
         self.clocks: dict[int, int] = {}
@@ -780,7 +787,17 @@ class LeanIngress:
 
     def state_changed(self) -> None:
         dtls = self.dtls
-        self.srtp = dtls._rx_srtp if dtls.state == "connected" else None
+        srtp = dtls._rx_srtp if dtls.state == "connected" else None
+        if srtp is not None and srtp is not self.srtp:
+            from . import fastpath
+
+            self.key, self.unprotect = srtp, _unprotect_python
+            if fastpath.unprotect is not None:
+                try:
+                    self.key, self.unprotect = srtp_context(srtp), fastpath.unprotect
+                except Exception:  # a pylibsrtp without Session._srtp: its wrapper does it
+                    pass
+        self.srtp = srtp
 
     def __call__(self, data: bytes, component: int) -> None:
         srtp = self.srtp
@@ -808,9 +825,8 @@ class LeanIngress:
                 self.fallbacks += 1
                 self.fallback(data, component)
                 return
-        try:
-            plain = srtp.unprotect(data)
-        except Exception:  # authentication, replay: aiortc drops these too
+        plain = self.unprotect(self.key, data)
+        if plain is None:  # authentication, replay: aiortc drops these too
             self.failures += 1
             return
         try:
@@ -905,9 +921,16 @@ class LeanIngress:
         task.add_done_callback(self._tasks.discard)
 
     def close(self) -> None:
-        self.srtp = None
+        self.srtp = self.key = None
         for task in list(self._tasks):
             task.cancel()
+
+
+def _unprotect_python(session: Any, data: bytes) -> bytes | None:
+    try:
+        return session.unprotect(data)
+    except Exception:  # pylibsrtp.Error (authentication, replay), ValueError (too long)
+        return None
 
 
 def _one_byte_abs(data: bytes, i: int, end: int, ext_id: int) -> int:

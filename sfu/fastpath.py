@@ -40,7 +40,8 @@ if _ext is not None:
 
     try:
         _ext.set_protect(_hooks.srtp_protect_address())
-    except Exception as exc:  # pylibsrtp without the libsrtp 2.x entry point: stay in Python
+        _ext.set_unprotect(_hooks.srtp_protect_address("srtp_unprotect"))
+    except Exception as exc:  # pylibsrtp without the libsrtp 2.x entry points: stay in Python
         _why_not = f"pylibsrtp's srtp_protect unavailable ({exc})"
         _ext = None
 
@@ -54,6 +55,8 @@ if _ext is not None:
     StreamBase: Any = _ext.StreamBase
     forward = _ext.forward
     SocketFd = _ext.SocketFd
+    # unprotect(ctx, data) -> bytes | None: the lean receive path's SRTP (libsrtp's srtp_unprotect)
+    unprotect: Any = _ext.unprotect
 else:
 
     class StreamBase:  # type: ignore[no-redef]
@@ -85,6 +88,7 @@ else:
 
     forward = None
     SocketFd = None
+    unprotect = None
 
 
 def describe() -> str:

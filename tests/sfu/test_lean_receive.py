@@ -51,6 +51,8 @@ async def test_subscriber_decodes_through_the_receive_path(service, events, rece
             # after the first packets (which teach aiortc's router the SSRC), nearly all go lean
             assert ingress.packets > 0.8 * producer.packets, (ingress.packets, producer.packets)
             assert ingress.failures == 0
+            if fastpath.unprotect is not None:  # libsrtp's srtp_unprotect called from C
+                assert ingress.unprotect is fastpath.unprotect
         else:
             assert producer.ingress is None
         # the publisher gets receiver reports about its SSRC, with the LSR of its sender reports
@@ -181,3 +183,45 @@ def test_receive_statistics_match_aiortc():
         aiortc_hooks.count_rtp(ours, seq, ts, 0)  # arrival: only the jitter depends on it
     for field in ("base_seq", "max_seq", "cycles", "packets_received", "packets_lost", "packets_expected"):
         assert getattr(ours, field) == getattr(theirs, field), field
+
+
+def test_compiled_unprotect_matches_pylibsrtp_and_refuses_replays_and_bad_tags():
+    """The lean path unprotects with libsrtp's srtp_unprotect called from C (sfu/_fastpath.c) on
+    pylibsrtp's own session: the same plaintext, None where pylibsrtp raises."""
+    import os
+
+    import pylibsrtp
+
+    if fastpath.unprotect is None:
+        pytest.skip(fastpath.describe())
+    key = os.urandom(30)
+    tx = pylibsrtp.Session(pylibsrtp.Policy(key=key, ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND))
+    ours = pylibsrtp.Session(pylibsrtp.Policy(key=key, ssrc_type=pylibsrtp.Policy.SSRC_ANY_INBOUND))
+    theirs = pylibsrtp.Session(pylibsrtp.Policy(key=key, ssrc_type=pylibsrtp.Policy.SSRC_ANY_INBOUND))
+    ctx = aiortc_hooks.srtp_context(ours)
+    for seq in range(5):
+        plain = RtpPacket(payload_type=96, sequence_number=seq, ssrc=7, payload=bytes(range(200))).serialize()
+        packet = tx.protect(plain)
+        assert fastpath.unprotect(ctx, packet) == theirs.unprotect(packet) == plain
+        assert fastpath.unprotect(ctx, packet) is None  # a replay
+        with pytest.raises(pylibsrtp.Error):
+            theirs.unprotect(packet)
+    forged = tx.protect(plain[:2] + b"\x00\x09" + plain[4:])
+    assert fastpath.unprotect(ctx, forged[:-1] + bytes([forged[-1] ^ 1])) is None  # bad tag
+    assert fastpath.unprotect(ctx, b"\x80" * 1600) is None  # longer than the SRTP buffer
+
+
+@pytest.mark.parametrize(
+    ("env", "lean"),
+    [({}, True), ({"MEETING_SFU_LEAN_RECEIVE": "0"}, False), ({"MEETING_SFU_FASTPATH": "0"}, False)],
+)
+def test_the_environment_switches_the_lean_path_off(env, lean):
+    import os
+    import subprocess
+    import sys
+
+    code = "from sfu import fastpath\nprint(fastpath.lean_receive, fastpath.describe_receive())\n"
+    base = {k: v for k, v in os.environ.items() if k not in ("MEETING_SFU_LEAN_RECEIVE", "MEETING_SFU_FASTPATH")}
+    out = subprocess.run([sys.executable, "-c", code], env={**base, **env}, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(str(lean)), out.stdout
