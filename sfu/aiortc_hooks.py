@@ -146,7 +146,6 @@ def private_names() -> list[str]:
     names += [f"aiortc.RTCDtlsTransport.{a}" for a in _DTLS_LEAN_ATTRIBUTES]
     names += [f"aiortc.rtcrtpreceiver.StreamStatistics.{a}" for a in _STATISTICS_ATTRIBUTES if a.startswith("_")]
     names += [
-        "aiortc.RTCRtpReceiver._send_rtcp_nack",
         "aiortc.rtp.HeaderExtensionsMap.__ids",
         "aiortc.rtcdtlstransport.RtpRouter.ssrc_table",
         "aioice.Connection._queue",
@@ -664,6 +663,8 @@ _RECEIVER_LEAN_ATTRIBUTES = (
 _DTLS_LEAN_ATTRIBUTES = (
     "_RTCDtlsTransport__rx_packets",
     "_RTCDtlsTransport__rx_bytes",
+    "_RTCDtlsTransport__tx_packets",
+    "_RTCDtlsTransport__tx_bytes",
     "_rtp_header_extensions_map",
 )
 _STATISTICS_ATTRIBUTES = (
@@ -761,11 +762,12 @@ class LeanIngress:
     __slots__ = (
         "dtls", "receiver", "on_rtp", "fallback", "queue_empty", "srtp", "key", "unprotect", "ssrcs", "kinds",
         "clocks",
-        "abs_id", "packets", "fallbacks", "failures", "_tasks", "__weakref__",
+        "abs_id", "max_bitrate", "packets", "fallbacks", "failures", "_path", "__weakref__",
     )
 
     def __init__(self, dtls: RTCDtlsTransport, receiver: RTCRtpReceiver, on_rtp: Callable[[bytes], None],
-                 fallback: Callable[[bytes, int], None], queue_empty: Callable[[], bool]) -> None:
+                 fallback: Callable[[bytes, int], None], queue_empty: Callable[[], bool],
+                 max_bitrate: int) -> None:
         self.dtls = dtls
         self.receiver = receiver
         self.on_rtp = on_rtp
@@ -780,10 +782,11 @@ class LeanIngress:
         self.kinds: dict[int, int] = {}  # payload type -> -1 (media) or the RTX's apt
         self.clocks: dict[int, int] = {}
         self.abs_id = 0
+        self.max_bitrate = max_bitrate  # REMB cap, as cap_remb applies it on aiortc's path
         self.packets = 0  # received through this path
         self.fallbacks = 0  # SRTP handed to aiortc's path
         self.failures = 0  # SRTP that did not unprotect (dropped, as aiortc drops them)
-        self._tasks: set[asyncio.Future[Any]] = set()
+        self._path: SendPath | None = None  # where RTCP to the publisher goes (nominated pair)
 
     def state_changed(self) -> None:
         dtls = self.dtls
@@ -798,6 +801,7 @@ class LeanIngress:
                 except Exception:  # a pylibsrtp without Session._srtp: its wrapper does it
                     pass
         self.srtp = srtp
+        self._path = None  # found again on the first RTCP (the nominated pair is known by then)
 
     def __call__(self, data: bytes, component: int) -> None:
         srtp = self.srtp
@@ -887,10 +891,10 @@ class LeanIngress:
             remb = estimator.add(int(now * 1000) + _NTP_MS, abs_time, n - offset, ssrc)
             rtcp_ssrc = receiver._RTCRtpReceiver__rtcp_ssrc  # type: ignore[attr-defined]
             if remb is not None and rtcp_ssrc is not None:
-                from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, pack_remb_fci
-
-                packet = RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=rtcp_ssrc, media_ssrc=0, fci=pack_remb_fci(*remb))
-                self._spawn(receiver._send_rtcp(packet))
+                bitrate, ssrcs = remb
+                fci = aiortc.rtp.pack_remb_fci(min(bitrate, self.max_bitrate), ssrcs)
+                rtp = aiortc.rtp
+                self._send_rtcp(rtp.RtcpPsfbPacket(fmt=rtp.RTCP_PSFB_APP, ssrc=rtcp_ssrc, media_ssrc=0, fci=fci))
         streams = receiver._RTCRtpReceiver__remote_streams  # type: ignore[attr-defined]
         stats = streams.get(ssrc)
         clock = self.clocks[pt]
@@ -910,20 +914,36 @@ class LeanIngress:
             ssrc = media_ssrc
         nack = receiver._RTCRtpReceiver__nack_generator  # type: ignore[attr-defined]
         if nack is not None and nack.seen(ssrc, seq):
-            self._spawn(receiver._send_rtcp_nack(ssrc, sorted(nack.missing_of(ssrc))))
+            rtcp_ssrc = receiver._RTCRtpReceiver__rtcp_ssrc  # type: ignore[attr-defined]
+            if rtcp_ssrc is not None:
+                packet = aiortc.rtp.RtcpRtpfbPacket(fmt=aiortc.rtp.RTCP_RTPFB_NACK, ssrc=rtcp_ssrc, media_ssrc=ssrc)
+                packet.lost = sorted(nack.missing_of(ssrc))
+                self._send_rtcp(packet)
 
-    def _spawn(self, coroutine: Any) -> None:
-        if len(self._tasks) >= 64:  # the loop is far behind: this feedback is dropped, not queued
-            coroutine.close()
+    def _send_rtcp(self, packet: Any) -> None:
+        """Send one RTCP packet to the publisher now: what aiortc's RTCRtpReceiver._send_rtcp
+        does (SRTCP protect, one datagram on the nominated pair), without a task per packet."""
+        dtls = self.dtls
+        tx = dtls._tx_srtp
+        if tx is None or self.srtp is None:
             return
-        task = asyncio.ensure_future(coroutine)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        path = self._path
+        if path is None:
+            path = self._path = send_path(dtls)
+            if path is None:
+                return
+        try:
+            data = tx.protect_rtcp(bytes(packet))
+            path.sendto(data, path.addr)
+        except Exception as exc:  # as aiortc's send ignores a connection error
+            logging.getLogger("meeting_sfu.sfu.ingress").debug("rtcp to a publisher failed: %s", exc)
+            return
+        dtls._RTCDtlsTransport__tx_packets += 1  # type: ignore[attr-defined]
+        dtls._RTCDtlsTransport__tx_bytes += len(data)  # type: ignore[attr-defined]
 
     def close(self) -> None:
         self.srtp = self.key = None
-        for task in list(self._tasks):
-            task.cancel()
+        self._path = None
 
 
 def _unprotect_python(session: Any, data: bytes) -> bytes | None:
@@ -953,7 +973,7 @@ def _one_byte_abs(data: bytes, i: int, end: int, ext_id: int) -> int:
 
 
 def lean_ingress(dtls: RTCDtlsTransport, receiver: RTCRtpReceiver,
-                 on_rtp: Callable[[bytes], None]) -> LeanIngress | None:
+                 on_rtp: Callable[[bytes], None], max_bitrate: int) -> LeanIngress | None:
     """Give a publisher connection the lean receive path on the shared sockets (None when its
     ICE does not run on them). Its NACK generator becomes a `NackTracker`, shared by both paths."""
     connection = dtls.transport._connection
@@ -962,7 +982,7 @@ def lean_ingress(dtls: RTCDtlsTransport, receiver: RTCRtpReceiver,
         return None
     if receiver._RTCRtpReceiver__nack_generator is not None:  # type: ignore[attr-defined]
         receiver._RTCRtpReceiver__nack_generator = NackTracker()  # type: ignore[attr-defined]
-    ingress = LeanIngress(dtls, receiver, on_rtp, connection.data_received, connection._queue.empty)
+    ingress = LeanIngress(dtls, receiver, on_rtp, connection.data_received, connection._queue.empty, max_bitrate)
     for protocol in protocols:
         protocol.deliver = ingress
     dtls.on("statechange", ingress.state_changed)
@@ -976,7 +996,6 @@ def _lean_missing() -> list[str]:
     from aiortc.rtcicetransport import RTCIceGatherer, RTCIceTransport
 
     missing = [f"{_qualname(o)}.{n}" for o, n in (
-        (RTCRtpReceiver, "_send_rtcp_nack"),
         (aiortc.rtcrtpreceiver, "StreamStatistics"),
         (aiortc.rtp, "RTP_HISTORY_SIZE"),
     ) if not _has(o, n)]

@@ -307,7 +307,7 @@ class Producer:
         # The publisher's RTP from the shared socket straight to on_rtp, aiortc's receiver
         # bookkeeping done on the way (aiortc_hooks.LeanIngress); aiortc's path stays for the rest.
         self.ingress = (
-            hooks.lean_ingress(transceiver.receiver.transport, transceiver.receiver, self.on_rtp)
+            hooks.lean_ingress(transceiver.receiver.transport, transceiver.receiver, self.on_rtp, self.max_bitrate)
             if fastpath.lean_receive
             else None
         )
