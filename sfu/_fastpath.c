@@ -39,6 +39,7 @@
 typedef int (*srtp_protect_fn)(void *ctx, void *rtp_hdr, int *len_ptr);
 
 static srtp_protect_fn srtp_protect = NULL;
+static srtp_protect_fn srtp_unprotect = NULL; /* same signature in libsrtp 2.x */
 static unsigned long long send_errors_total = 0;
 static unsigned long long protect_errors_total = 0;
 
@@ -415,6 +416,37 @@ fail:
     return NULL;
 }
 
+/* unprotect(ctx, data) -> bytes or None: libsrtp's srtp_unprotect on a copy of one SRTP packet,
+ * what pylibsrtp's Session.unprotect does without its Python wrapper (cffi allocations, a second
+ * copy, an exception per failure). None when it fails (authentication, replay) or is too long. */
+static unsigned char unprotect_buffer[SRTP_BUFFER];
+
+static PyObject *fastpath_unprotect(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2 || !PyBytes_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "unprotect(ctx: int, data: bytes)");
+        return NULL;
+    }
+    unsigned long long ctx = PyLong_AsUnsignedLongLong(args[0]);
+    if (PyErr_Occurred())
+        return NULL;
+    Py_ssize_t size = PyBytes_GET_SIZE(args[1]);
+    if (ctx == 0 || srtp_unprotect == NULL || size < 12 || size > SRTP_BUFFER)
+        Py_RETURN_NONE;
+    memcpy(unprotect_buffer, PyBytes_AS_STRING(args[1]), (size_t)size);
+    int len = (int)size;
+    if (srtp_unprotect((void *)(uintptr_t)ctx, unprotect_buffer, &len) != 0 || len < 12 || len > size)
+        Py_RETURN_NONE;
+    return PyBytes_FromStringAndSize((const char *)unprotect_buffer, len);
+}
+
+static PyObject *fastpath_set_unprotect(PyObject *module, PyObject *arg) {
+    unsigned long long address = PyLong_AsUnsignedLongLong(arg);
+    if (PyErr_Occurred())
+        return NULL;
+    srtp_unprotect = (srtp_protect_fn)(uintptr_t)address;
+    Py_RETURN_NONE;
+}
+
 static PyObject *fastpath_set_protect(PyObject *module, PyObject *arg) {
     unsigned long long address = PyLong_AsUnsignedLongLong(arg);
     if (PyErr_Occurred())
@@ -431,6 +463,9 @@ static PyMethodDef fastpath_methods[] = {
     {"forward", (PyCFunction)(void (*)(void))fastpath_forward, METH_FASTCALL,
      "forward(consumers, data, offset, ssrc, now, abs3) -> (sent, errors, rest)"},
     {"set_protect", fastpath_set_protect, METH_O, "The address of libsrtp's srtp_protect (libsrtp 2.x)."},
+    {"unprotect", (PyCFunction)(void (*)(void))fastpath_unprotect, METH_FASTCALL,
+     "unprotect(ctx, data) -> bytes or None (libsrtp's srtp_unprotect)"},
+    {"set_unprotect", fastpath_set_unprotect, METH_O, "The address of libsrtp's srtp_unprotect (libsrtp 2.x)."},
     {"counters", fastpath_counters, METH_NOARGS, "Errors counted since the start of the process."},
     {NULL},
 };

@@ -17,6 +17,7 @@ import logging
 import random
 import secrets
 import string
+import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,7 @@ import aioice.stun
 import aiortc.codecs
 import aiortc.rtcpeerconnection
 import aiortc.rtcrtpreceiver
+import aiortc.rtp
 from aioice import Candidate
 from aiortc import RTCDtlsTransport, RTCRtpReceiver, RTCRtpSender
 from aiortc.mediastreams import MediaStreamTrack
@@ -109,6 +111,7 @@ def check_private_api() -> None:
         ]
         missing += _live_sender_receiver_missing(dtls)
         missing += _srtp_missing()
+        missing += _lean_missing()
     except Exception as exc:  # building the probes failed: that is a broken API too
         missing.append(f"probe objects ({exc.__class__.__name__}: {exc})")
     if missing:
@@ -141,7 +144,16 @@ def private_names() -> list[str]:
     names += [f"aiortc.RTCDtlsTransport.{a}" for a in _DTLS_ATTRIBUTES]
     names += [f"aiortc.RTCRtpSender.{a}" for a in _SENDER_ATTRIBUTES]
     names += [f"aiortc.RTCRtpReceiver.{a}" for a in _RECEIVER_ATTRIBUTES]
-    names += ["pylibsrtp._binding.lib.srtp_protect", "pylibsrtp.Session._srtp"]
+    names += ["pylibsrtp._binding.lib.srtp_protect", "pylibsrtp._binding.lib.srtp_unprotect", "pylibsrtp.Session._srtp"]
+    # the lean receive path (LeanIngress)
+    names += [f"aiortc.RTCRtpReceiver.{a}" for a in _RECEIVER_LEAN_ATTRIBUTES]
+    names += [f"aiortc.RTCDtlsTransport.{a}" for a in _DTLS_LEAN_ATTRIBUTES]
+    names += [f"aiortc.rtcrtpreceiver.StreamStatistics.{a}" for a in _STATISTICS_ATTRIBUTES if a.startswith("_")]
+    names += [
+        "aiortc.rtp.HeaderExtensionsMap.__ids",
+        "aiortc.rtcdtlstransport.RtpRouter.ssrc_table",
+        "aioice.Connection._queue",
+    ]
     return names
 
 
@@ -166,7 +178,9 @@ def _live_sender_receiver_missing(dtls: RTCDtlsTransport) -> list[str]:
         receiver = RTCRtpReceiver("video", dtls)
     missing += [f"aiortc.RTCRtpSender.{a}" for a in _SENDER_ATTRIBUTES if not hasattr(sender, a)]
     missing += [
-        f"aiortc.RTCRtpReceiver.{a}" for a in _RECEIVER_ATTRIBUTES if not hasattr(receiver, a)
+        f"aiortc.RTCRtpReceiver.{a}"
+        for a in _RECEIVER_ATTRIBUTES + _RECEIVER_LEAN_ATTRIBUTES
+        if not hasattr(receiver, a)
     ]
     return missing
 
@@ -528,14 +542,15 @@ def send_path(dtls: RTCDtlsTransport) -> SendPath | None:
 # --- pylibsrtp: libsrtp's own srtp_protect for the compiled fast path --------------------------
 
 
-def srtp_protect_address() -> int:
+def srtp_protect_address(name: str = "srtp_protect") -> int:
     """The address of libsrtp 2.x's `srtp_protect(srtp_t, void *, int *)` inside pylibsrtp (the
-    fast path calls it on aiortc's own sessions: no second libsrtp in the process)."""
+    fast path calls it on aiortc's own sessions: no second libsrtp in the process); with
+    name="srtp_unprotect", that of `srtp_unprotect` (the same signature; the lean receive path)."""
     from pylibsrtp._binding import ffi, lib
 
-    function = ffi.addressof(lib, "srtp_protect")
+    function = ffi.addressof(lib, name)
     if ffi.typeof(function).cname != _SRTP_PROTECT_TYPE:
-        raise RuntimeError(f"srtp_protect is {ffi.typeof(function).cname}, not {_SRTP_PROTECT_TYPE}")
+        raise RuntimeError(f"{name} is {ffi.typeof(function).cname}, not {_SRTP_PROTECT_TYPE}")
     return int(ffi.cast("uintptr_t", function))
 
 
@@ -554,11 +569,12 @@ def _srtp_missing() -> list[str]:
         import pylibsrtp
         from pylibsrtp._binding import ffi, lib
 
-        if not hasattr(lib, "srtp_protect"):
-            return ["pylibsrtp._binding.lib.srtp_protect (the compiled fast path)"]
-        cname = ffi.typeof(ffi.addressof(lib, "srtp_protect")).cname
-        if cname != _SRTP_PROTECT_TYPE:
-            return [f"pylibsrtp._binding.lib.srtp_protect as {_SRTP_PROTECT_TYPE} (is {cname})"]
+        for name in ("srtp_protect", "srtp_unprotect"):
+            if not hasattr(lib, name):
+                return [f"pylibsrtp._binding.lib.{name} (the compiled fast path)"]
+            cname = ffi.typeof(ffi.addressof(lib, name)).cname
+            if cname != _SRTP_PROTECT_TYPE:
+                return [f"pylibsrtp._binding.lib.{name} as {_SRTP_PROTECT_TYPE} (is {cname})"]
         if not hasattr(pylibsrtp.Session(), "_srtp"):
             return ["pylibsrtp.Session._srtp (the compiled fast path)"]
     except Exception as exc:
@@ -619,7 +635,8 @@ class _NackPerSsrc:
 
 
 def nack_per_ssrc(receiver: RTCRtpReceiver) -> None:
-    if receiver._RTCRtpReceiver__nack_generator is not None:  # type: ignore[attr-defined]
+    generator = receiver._RTCRtpReceiver__nack_generator  # type: ignore[attr-defined]
+    if generator is not None and not isinstance(generator, NackTracker):  # that one is per SSRC
         receiver._RTCRtpReceiver__nack_generator = _NackPerSsrc()  # type: ignore[attr-defined]
 
 
@@ -656,6 +673,10 @@ def cap_remb(receiver: RTCRtpReceiver, max_bitrate: int) -> None:
 
 __all__ = [
     "IdleTrack",
+    "LeanIngress",
+    "NackTracker",
+    "count_rtp",
+    "lean_ingress",
     "idle_receiver",
     "cap_remb",
     "enable_rid_extensions",
@@ -684,3 +705,378 @@ __all__ = [
     "set_stream_id",
     "shared_ice",
 ]
+
+
+# --- publisher lean receive path ---------------------------------------------------------------
+#
+# aiortc receives each SRTP datagram through aioice's queue, a task wakeup of the DTLS transport,
+# pylibsrtp, RtpPacket.parse and RTCRtpReceiver._handle_rtp_packet (bitrate estimator, receive
+# statistics, RTX unwrapping, NACK generator, depayloading, jitter buffer). For a publisher's RTP
+# the shared socket's demultiplexer hands the datagram to `LeanIngress` instead, which does in one
+# call what of that the publisher relies on, on aiortc's own objects: the same SRTP session, the
+# receiver's statistics objects (its RTCP task keeps sending the receiver reports from them), its
+# bitrate estimator (REMB, capped by `cap_remb`), its RTX table and a NACK tracker that aiortc's
+# path shares (`NackTracker`). Nothing is depayloaded or reassembled (nothing is decoded). What
+# it is not sure about goes aiortc's way: RTCP, DTLS, a datagram behind others still queued (the
+# order is kept), an SSRC aiortc's router has not bound to the receiver yet (its first packets
+# teach the router, which routes sender reports by SSRC), an unknown payload type.
+
+_RECEIVER_LEAN_ATTRIBUTES = (
+    "_RTCRtpReceiver__codecs",
+    "_RTCRtpReceiver__remote_streams",
+    "_enabled",
+)
+_DTLS_LEAN_ATTRIBUTES = (
+    "_RTCDtlsTransport__rx_packets",
+    "_RTCDtlsTransport__rx_bytes",
+    "_RTCDtlsTransport__tx_packets",
+    "_RTCDtlsTransport__tx_bytes",
+    "_rtp_header_extensions_map",
+)
+_STATISTICS_ATTRIBUTES = (
+    "base_seq", "max_seq", "cycles", "packets_received", "_clockrate", "_jitter_q4", "_last_arrival",
+    "_last_timestamp",
+)
+_NTP_MS = 2208988800 * 1000  # aiortc's arrival times are NTP milliseconds (aiortc.clock.current_ms)
+NACK_HISTORY = aiortc.rtp.RTP_HISTORY_SIZE if hasattr(aiortc.rtp, "RTP_HISTORY_SIZE") else 128
+
+
+class _SsrcNack:
+    __slots__ = ("max_seq", "missing")
+
+    def __init__(self) -> None:
+        self.max_seq = -1
+        self.missing: set[int] = set()
+
+
+class NackTracker:
+    """The NACK state of a publisher's receiver, per media SSRC (at most MAX_SSRCS, the oldest
+    goes), as aiortc's NackGenerator keeps it: the packets missing behind the highest sequence
+    number, within the last NACK_HISTORY. It stands in for the receiver's generator, so aiortc's
+    path (`add`, `missing`) and the lean path (`seen`) share it."""
+
+    MAX_SSRCS = 8
+    __slots__ = ("_states", "_last")
+
+    def __init__(self) -> None:
+        self._states: dict[int, _SsrcNack] = {}
+        self._last: _SsrcNack | None = None
+
+    def add(self, packet: Any) -> bool:  # aiortc's receiver
+        return self.seen(packet.ssrc, packet.sequence_number)
+
+    @property
+    def missing(self) -> set[int]:
+        """What aiortc reads right after `add` returned True: that SSRC's missing packets."""
+        return self._last.missing if self._last is not None else set()
+
+    def missing_of(self, ssrc: int) -> set[int]:
+        state = self._states.get(ssrc)
+        return state.missing if state is not None else set()
+
+    def seen(self, ssrc: int, seq: int) -> bool:
+        """Packet `seq` of `ssrc` arrived; True when it revealed newly missing packets."""
+        state = self._states.get(ssrc)
+        if state is None:
+            if len(self._states) >= self.MAX_SSRCS:
+                self._states.pop(next(iter(self._states)))
+            state = self._states[ssrc] = _SsrcNack()
+        self._last = state
+        top = state.max_seq
+        if top < 0:
+            state.max_seq = seq
+            return False
+        delta = (seq - top) & 0xFFFF
+        missing = state.missing
+        if delta >= 0x8000 or delta == 0:  # older (a retransmission, reordering) or a duplicate
+            missing.discard(seq)
+            return False
+        state.max_seq = seq
+        if delta > 1:
+            for k in range(max(1, delta - NACK_HISTORY), delta):
+                missing.add((top + k) & 0xFFFF)
+        if missing:
+            for old in [s for s in missing if (seq - s) & 0xFFFF > NACK_HISTORY]:
+                missing.discard(old)
+        return delta > 1
+
+
+def count_rtp(stats: Any, seq: int, ts: int, arrival: int) -> None:
+    """aiortc's StreamStatistics.add for one packet, from header fields (`arrival` in clock
+    ticks of the stream: time.time() * clock rate, as aiortc takes it)."""
+    stats.packets_received += 1
+    top = stats.max_seq
+    if stats.base_seq is None:
+        stats.base_seq = seq
+    if top is None or (seq != top and (seq - top) & 0xFFFF < 0x8000):  # in order (uint16_gt)
+        if top is not None and seq < top:
+            stats.cycles += 1 << 16
+        stats.max_seq = seq
+        last_ts = stats._last_timestamp
+        if ts != last_ts and stats.packets_received > 1:
+            diff = abs((arrival - stats._last_arrival) - (ts - last_ts))
+            stats._jitter_q4 += diff - ((stats._jitter_q4 + 8) >> 4)
+        stats._last_arrival = arrival
+        stats._last_timestamp = ts
+
+
+class LeanIngress:
+    """The lean receive path of one publisher connection (see the section comment). It is the
+    `deliver` of the connection's endpoints on the shared sockets; `fallback` is aioice's own."""
+
+    MAX_SSRCS = 16
+    __slots__ = (
+        "dtls", "receiver", "on_rtp", "fallback", "queue_empty", "srtp", "key", "unprotect", "ssrcs", "kinds",
+        "clocks",
+        "abs_id", "max_bitrate", "packets", "fallbacks", "failures", "_path", "__weakref__",
+    )
+
+    def __init__(self, dtls: RTCDtlsTransport, receiver: RTCRtpReceiver, on_rtp: Callable[[bytes], None],
+                 fallback: Callable[[bytes, int], None], queue_empty: Callable[[], bool],
+                 max_bitrate: int) -> None:
+        self.dtls = dtls
+        self.receiver = receiver
+        self.on_rtp = on_rtp
+        self.fallback = fallback
+        self.queue_empty = queue_empty
+        self.srtp: Any = None  # the receiving SRTP session while DTLS is connected
+        # unprotect(key, data) -> bytes | None: libsrtp's srtp_unprotect called from C on the
+        # session's srtp_t (sfu.fastpath), or pylibsrtp's wrapper on the session
+        self.key: Any = None
+        self.unprotect: Callable[[Any, bytes], bytes | None] = _unprotect_python
+        self.ssrcs: set[int] = set()  # SSRCs aiortc's router sends to this receiver
+        self.kinds: dict[int, int] = {}  # payload type -> -1 (media) or the RTX's apt
+        self.clocks: dict[int, int] = {}
+        self.abs_id = 0
+        self.max_bitrate = max_bitrate  # REMB cap, as cap_remb applies it on aiortc's path
+        self.packets = 0  # received through this path
+        self.fallbacks = 0  # SRTP handed to aiortc's path
+        self.failures = 0  # SRTP that did not unprotect (dropped, as aiortc drops them)
+        self._path: SendPath | None = None  # where RTCP to the publisher goes (nominated pair)
+
+    def state_changed(self) -> None:
+        dtls = self.dtls
+        srtp = dtls._rx_srtp if dtls.state == "connected" else None
+        if srtp is not None and srtp is not self.srtp:
+            from . import fastpath
+
+            self.key, self.unprotect = srtp, _unprotect_python
+            if fastpath.unprotect is not None:
+                try:
+                    self.key, self.unprotect = srtp_context(srtp), fastpath.unprotect
+                except Exception:  # a pylibsrtp without Session._srtp: its wrapper does it
+                    pass
+        self.srtp = srtp
+        self._path = None  # found again on the first RTCP (the nominated pair is known by then)
+
+    def __call__(self, data: bytes, component: int) -> None:
+        srtp = self.srtp
+        if (
+            srtp is None
+            or data[0] < 128  # DTLS
+            or 191 < data[1] < 209  # RTCP (aiortc's test)
+            or len(data) < 12
+            or not self.queue_empty()  # keep the order of what aiortc still has to read
+        ):
+            if srtp is not None and data[0] > 127:
+                self.fallbacks += 1
+            self.fallback(data, component)
+            return
+        pt = data[1] & 0x7F
+        ssrc = data[8] << 24 | data[9] << 16 | data[10] << 8 | data[11]
+        apt = self.kinds.get(pt)
+        if apt is None or ssrc not in self.ssrcs:
+            if not self._learn(ssrc):
+                self.fallbacks += 1
+                self.fallback(data, component)
+                return
+            apt = self.kinds.get(pt)
+            if apt is None:
+                self.fallbacks += 1
+                self.fallback(data, component)
+                return
+        plain = self.unprotect(self.key, data)
+        if plain is None:  # authentication, replay: aiortc drops these too
+            self.failures += 1
+            return
+        try:
+            self._receive(plain, ssrc, pt, apt)
+        except Exception:  # never into the socket's callback
+            logging.getLogger("meeting_sfu.sfu.ingress").exception("lean receive failed")
+
+    def _learn(self, ssrc: int) -> bool:
+        """Whether aiortc routes `ssrc` to this receiver (which has started)."""
+        receiver = self.receiver
+        if not self.kinds:
+            codecs = receiver._RTCRtpReceiver__codecs  # type: ignore[attr-defined]
+            if not codecs:
+                return False
+            for pt, codec in codecs.items():
+                apt = codec.parameters.get("apt") if codec.name.lower() == "rtx" else -1
+                if isinstance(apt, int) and (apt == -1 or apt in codecs):
+                    self.kinds[pt] = apt
+                    self.clocks[pt] = codec.clockRate
+            ids = self.dtls._rtp_header_extensions_map._HeaderExtensionsMap__ids  # type: ignore[attr-defined]
+            self.abs_id = ids.abs_send_time or 0
+        if self.dtls._rtp_router.ssrc_table.get(ssrc) is not receiver:
+            return False
+        if len(self.ssrcs) >= self.MAX_SSRCS:
+            self.ssrcs.clear()
+        self.ssrcs.add(ssrc)
+        return True
+
+    def _receive(self, data: bytes, ssrc: int, pt: int, apt: int) -> None:
+        """What RTCDtlsTransport and RTCRtpReceiver do with one decrypted RTP packet, but the
+        frame reassembly (see the section comment)."""
+        self.packets += 1
+        dtls = self.dtls
+        dtls._RTCDtlsTransport__rx_packets += 1  # type: ignore[attr-defined]
+        dtls._RTCDtlsTransport__rx_bytes += len(data)  # type: ignore[attr-defined]
+        self.on_rtp(data)
+        receiver = self.receiver
+        if not receiver._enabled:
+            return
+        n = len(data)
+        b0 = data[0]
+        offset = 12 + (b0 & 0x0F) * 4
+        abs_time = -1
+        if b0 & 0x10:
+            if offset + 4 > n:
+                return
+            end = offset + 4 + ((data[offset + 2] << 8) | data[offset + 3]) * 4
+            if end > n:
+                return
+            if self.abs_id and data[offset] == 0xBE and data[offset + 1] == 0xDE:
+                abs_time = _one_byte_abs(data, offset + 4, end, self.abs_id)
+            offset = end
+        elif offset > n:
+            return
+        now = time.time()
+        estimator = receiver._RTCRtpReceiver__remote_bitrate_estimator  # type: ignore[attr-defined]
+        if estimator is not None and abs_time >= 0:
+            remb = estimator.add(int(now * 1000) + _NTP_MS, abs_time, n - offset, ssrc)
+            rtcp_ssrc = receiver._RTCRtpReceiver__rtcp_ssrc  # type: ignore[attr-defined]
+            if remb is not None and rtcp_ssrc is not None:
+                bitrate, ssrcs = remb
+                fci = aiortc.rtp.pack_remb_fci(min(bitrate, self.max_bitrate), ssrcs)
+                rtp = aiortc.rtp
+                self._send_rtcp(rtp.RtcpPsfbPacket(fmt=rtp.RTCP_PSFB_APP, ssrc=rtcp_ssrc, media_ssrc=0, fci=fci))
+        streams = receiver._RTCRtpReceiver__remote_streams  # type: ignore[attr-defined]
+        stats = streams.get(ssrc)
+        clock = self.clocks[pt]
+        if stats is None:
+            stats = streams[ssrc] = aiortc.rtcrtpreceiver.StreamStatistics(clock)
+        seq = data[2] << 8 | data[3]
+        count_rtp(stats, seq, data[4] << 24 | data[5] << 16 | data[6] << 8 | data[7], int(now * clock))
+        if apt >= 0:  # RTX: the NACK state sees the original packet arrive
+            media_ssrc = receiver._RTCRtpReceiver__rtx_ssrc.get(ssrc)  # type: ignore[attr-defined]
+            if media_ssrc is None:
+                return
+            if b0 & 0x20:
+                n -= data[-1]
+            if n - offset < 2:
+                return
+            seq = data[offset] << 8 | data[offset + 1]
+            ssrc = media_ssrc
+        nack = receiver._RTCRtpReceiver__nack_generator  # type: ignore[attr-defined]
+        if nack is not None and nack.seen(ssrc, seq):
+            rtcp_ssrc = receiver._RTCRtpReceiver__rtcp_ssrc  # type: ignore[attr-defined]
+            if rtcp_ssrc is not None:
+                packet = aiortc.rtp.RtcpRtpfbPacket(fmt=aiortc.rtp.RTCP_RTPFB_NACK, ssrc=rtcp_ssrc, media_ssrc=ssrc)
+                packet.lost = sorted(nack.missing_of(ssrc))
+                self._send_rtcp(packet)
+
+    def _send_rtcp(self, packet: Any) -> None:
+        """Send one RTCP packet to the publisher now: what aiortc's RTCRtpReceiver._send_rtcp
+        does (SRTCP protect, one datagram on the nominated pair), without a task per packet."""
+        dtls = self.dtls
+        tx = dtls._tx_srtp
+        if tx is None or self.srtp is None:
+            return
+        path = self._path
+        if path is None:
+            path = self._path = send_path(dtls)
+            if path is None:
+                return
+        try:
+            data = tx.protect_rtcp(bytes(packet))
+            path.sendto(data, path.addr)
+        except Exception as exc:  # as aiortc's send ignores a connection error
+            logging.getLogger("meeting_sfu.sfu.ingress").debug("rtcp to a publisher failed: %s", exc)
+            return
+        dtls._RTCDtlsTransport__tx_packets += 1  # type: ignore[attr-defined]
+        dtls._RTCDtlsTransport__tx_bytes += len(data)  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        self.srtp = self.key = None
+        self._path = None
+
+
+def _unprotect_python(session: Any, data: bytes) -> bytes | None:
+    try:
+        return session.unprotect(data)
+    except Exception:  # pylibsrtp.Error (authentication, replay), ValueError (too long)
+        return None
+
+
+def _one_byte_abs(data: bytes, i: int, end: int, ext_id: int) -> int:
+    """The abs-send-time value in a one-byte-header extension block, -1 when absent."""
+    while i < end:
+        byte = data[i]
+        if byte == 0:
+            i += 1
+            continue
+        xid = byte >> 4
+        if xid == 15:
+            return -1
+        size = (byte & 0x0F) + 1
+        if xid == ext_id:
+            if size != 3 or i + 4 > end:
+                return -1
+            return data[i + 1] << 16 | data[i + 2] << 8 | data[i + 3]
+        i += 1 + size
+    return -1
+
+
+def lean_ingress(dtls: RTCDtlsTransport, receiver: RTCRtpReceiver,
+                 on_rtp: Callable[[bytes], None], max_bitrate: int) -> LeanIngress | None:
+    """Give a publisher connection the lean receive path on the shared sockets (None when its
+    ICE does not run on them). Its NACK generator becomes a `NackTracker`, shared by both paths."""
+    connection = dtls.transport._connection
+    protocols = [p for p in connection._protocols if isinstance(p, _SharedStunProtocol)]
+    if not protocols:
+        return None
+    if receiver._RTCRtpReceiver__nack_generator is not None:  # type: ignore[attr-defined]
+        receiver._RTCRtpReceiver__nack_generator = NackTracker()  # type: ignore[attr-defined]
+    ingress = LeanIngress(dtls, receiver, on_rtp, connection.data_received, connection._queue.empty, max_bitrate)
+    for protocol in protocols:
+        protocol.deliver = ingress
+    dtls.on("statechange", ingress.state_changed)
+    ingress.state_changed()
+    return ingress
+
+
+def _lean_missing() -> list[str]:
+    """The names the lean receive path reads on live objects (checked by check_private_api)."""
+    from aiortc.rtcdtlstransport import RTCCertificate
+    from aiortc.rtcicetransport import RTCIceGatherer, RTCIceTransport
+
+    missing = [f"{_qualname(o)}.{n}" for o, n in (
+        (aiortc.rtcrtpreceiver, "StreamStatistics"),
+        (aiortc.rtp, "RTP_HISTORY_SIZE"),
+    ) if not _has(o, n)]
+    if missing:
+        return missing
+    stats = aiortc.rtcrtpreceiver.StreamStatistics(90000)
+    missing += [f"aiortc.rtcrtpreceiver.StreamStatistics.{a}" for a in _STATISTICS_ATTRIBUTES if not hasattr(stats, a)]
+    ice = RTCIceTransport(RTCIceGatherer(iceServers=[]))
+    dtls = RTCDtlsTransport(ice, [RTCCertificate.generateCertificate()])
+    missing += [f"aiortc.RTCDtlsTransport.{a}" for a in _DTLS_LEAN_ATTRIBUTES if not hasattr(dtls, a)]
+    if not hasattr(getattr(dtls, "_rtp_header_extensions_map", None), "_HeaderExtensionsMap__ids"):
+        missing.append("aiortc.rtp.HeaderExtensionsMap.__ids (the abs-send-time id)")
+    if not hasattr(getattr(dtls, "_rtp_router", None), "ssrc_table"):
+        missing.append("aiortc.rtcdtlstransport.RtpRouter.ssrc_table")
+    connection = getattr(ice, "_connection", None)
+    if not hasattr(getattr(connection, "_queue", None), "empty"):
+        missing.append("aioice.Connection._queue (the receive queue)")
+    return missing

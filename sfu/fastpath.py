@@ -20,10 +20,14 @@ from typing import Any
 log = logging.getLogger("meeting_sfu.sfu.fastpath")
 
 ENV = "MEETING_SFU_FASTPATH"
+# The lean receive path of publishers' RTP (aiortc_hooks.LeanIngress) is on unless this is 0
+# (or MEETING_SFU_FASTPATH=0, which turns every shortcut off); it does not need the extension.
+LEAN_ENV = "MEETING_SFU_LEAN_RECEIVE"
+_OFF = ("0", "false", "no", "off")
 
 _why_not = ""
 _ext: Any = None
-if os.environ.get(ENV, "1").strip() in ("0", "false", "no", "off"):
+if os.environ.get(ENV, "1").strip().lower() in _OFF:
     _why_not = f"{ENV}=0"
 else:
     try:
@@ -36,18 +40,23 @@ if _ext is not None:
 
     try:
         _ext.set_protect(_hooks.srtp_protect_address())
-    except Exception as exc:  # pylibsrtp without the libsrtp 2.x entry point: stay in Python
+        _ext.set_unprotect(_hooks.srtp_protect_address("srtp_unprotect"))
+    except Exception as exc:  # pylibsrtp without the libsrtp 2.x entry points: stay in Python
         _why_not = f"pylibsrtp's srtp_protect unavailable ({exc})"
         _ext = None
 
 available = _ext is not None
 enabled = available
+# Read when a publisher's PC is attached (tests flip it): new publishers take the lean path.
+lean_receive = not _why_not.startswith(ENV) and os.environ.get(LEAN_ENV, "1").strip().lower() not in _OFF
 
 
 if _ext is not None:
     StreamBase: Any = _ext.StreamBase
     forward = _ext.forward
     SocketFd = _ext.SocketFd
+    # unprotect(ctx, data) -> bytes | None: the lean receive path's SRTP (libsrtp's srtp_unprotect)
+    unprotect: Any = _ext.unprotect
 else:
 
     class StreamBase:  # type: ignore[no-redef]
@@ -79,6 +88,7 @@ else:
 
     forward = None
     SocketFd = None
+    unprotect = None
 
 
 def describe() -> str:
@@ -86,6 +96,13 @@ def describe() -> str:
     if available:
         return f"forwarding path: compiled fast path (sfu/_fastpath.c, sendmmsg, batches of {_ext.BATCH})"
     return f"forwarding path: pure Python ({_why_not})"
+
+
+def describe_receive() -> str:
+    """One line for the start-up log: how publishers' RTP is received."""
+    if lean_receive:
+        return "publisher receive path: lean (SRTP from the shared socket straight to the producer)"
+    return f"publisher receive path: aiortc's ({ENV}=0 or {LEAN_ENV}=0)"
 
 
 _announced = False
@@ -97,6 +114,7 @@ def announce() -> None:
     if not _announced:
         _announced = True
         (log.info if available or _why_not.startswith(ENV) else log.warning)(describe())
+        log.info(describe_receive())
 
 
 def counters() -> dict[str, int]:
@@ -131,6 +149,7 @@ def socket_fd(fileno: int) -> Any:
 
 __all__ = [
     "ENV",
+    "LEAN_ENV",
     "StreamBase",
     "announce",
     "attach_send",
@@ -139,5 +158,6 @@ __all__ = [
     "describe",
     "enabled",
     "forward",
+    "lean_receive",
     "socket_fd",
 ]

@@ -4,7 +4,10 @@ A Producer owns the publisher's sendonly peer connection (the client offers, we 
 DTLS transport hands every decrypted RTP packet to `on_rtp`, which unwraps RTX, splits the
 header once and gives the pieces to each Consumer; aiortc still runs its receiver statistics,
 receiver reports, NACKs and REMB towards the publisher, but never reassembles or decodes frames.
-Keyframe requests from consumers reach the publisher as PLIs, at most one per 500 ms. The
+With the lean receive path (`aiortc_hooks.LeanIngress`, on unless MEETING_SFU_LEAN_RECEIVE=0 or
+MEETING_SFU_FASTPATH=0) the shared socket hands the publisher's SRTP straight to `on_rtp`, doing
+on the way only the receiver work the publisher relies on (statistics for receiver reports, REMB,
+NACKs). Keyframe requests from consumers reach the publisher as PLIs, at most one per 500 ms. The
 producer keeps its recent packets once for all consumers (`sfu.history.PacketRing`): a consumer
 that starts while the last keyframe is in it is caught up from it, and NACKs are answered from it.
 """
@@ -171,6 +174,7 @@ class Producer:
         "_closing_pc",
         "stats",
         "max_bitrate",
+        "ingress",
     )
 
     def __init__(
@@ -215,6 +219,7 @@ class Producer:
         self._on_peer_lost = on_peer_lost
         self._closing_pc: set[RTCPeerConnection] = set()
         self.max_bitrate = 2_500_000  # the REMB cap towards the publisher ([media] settings)
+        self.ingress: hooks.LeanIngress | None = None  # the lean receive path of the current PC
 
     # --- peer connection --------------------------------------------------------------------
 
@@ -297,6 +302,15 @@ class Producer:
         hooks.hook_rtp_ingress(transceiver.receiver.transport, self.on_rtp)
         hooks.hook_receiver_rtcp(transceiver.receiver, self._on_rtcp)
         hooks.cap_remb(transceiver.receiver, self.max_bitrate)
+        if self.ingress is not None:
+            self.ingress.close()
+        # The publisher's RTP from the shared socket straight to on_rtp, aiortc's receiver
+        # bookkeeping done on the way (aiortc_hooks.LeanIngress); aiortc's path stays for the rest.
+        self.ingress = (
+            hooks.lean_ingress(transceiver.receiver.transport, transceiver.receiver, self.on_rtp, self.max_bitrate)
+            if fastpath.lean_receive
+            else None
+        )
 
         @pc.on("connectionstatechange")
         def on_state() -> None:
@@ -498,6 +512,8 @@ class Producer:
         for consumer in self.consumers + self.catching_up:
             consumer.close()
         self.consumers = self.catching_up = ()
+        if self.ingress is not None:
+            self.ingress.close()
         pc, self.pc = self.pc, None
         if pc is not None:
             await pc.close()
