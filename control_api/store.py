@@ -149,7 +149,7 @@ class Store:
         return dict(rows)
 
     # meetings
-    def insert_meeting(self, row: MeetingRow) -> None:
+    def insert_meeting(self, row: MeetingRow, owner: str | None = None) -> None:
         with self._db:
             self._db.execute(
                 "INSERT OR IGNORE INTO rooms (id, created_at) VALUES (?, ?)",
@@ -167,6 +167,13 @@ class Store:
                     row.created_at.isoformat(),
                 ),
             )
+            # After the meeting: a taken room fails before the membership is written.
+            if owner is not None:
+                self._db.execute(
+                    "INSERT INTO room_members (room_id, user_id, role) VALUES (?, ?, 'owner') "
+                    "ON CONFLICT (room_id, user_id) DO UPDATE SET role = 'owner'",
+                    (row.room_id, owner),
+                )
 
     def delete_meeting(self, meeting_id: str) -> None:
         self._write("DELETE FROM meetings WHERE id = ?", (meeting_id,))

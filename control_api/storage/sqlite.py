@@ -80,8 +80,8 @@ class SqliteStore:
         return await self._call(self._store.members_of_room, room_id)
 
     # meetings
-    async def insert_meeting(self, row: MeetingRow) -> None:
-        await self._call(self._store.insert_meeting, row)
+    async def insert_meeting(self, row: MeetingRow, owner: str | None = None) -> None:
+        await self._call(self._store.insert_meeting, row, owner)
 
     async def delete_meeting(self, meeting_id: str) -> None:
         await self._call(self._store.delete_meeting, meeting_id)

@@ -109,6 +109,17 @@ def _database_not_sqlite(tmp_path, stack):
     return {}, ["[storage] data_dir", "meeting-sfu.sqlite3", "not a database"]
 
 
+def _database_url_unreachable(tmp_path, stack):
+    port = _free_port()  # nobody listens there
+    url = f"postgresql://sfu:secret@127.0.0.1:{port}/sfu"
+    stack.append(lambda: _no_sqlite_file(tmp_path))  # PostgreSQL configured: no SQLite stands in
+    return {"MEETING_SFU_STORAGE_DATABASE_URL": url}, ["[storage] database_url", f"127.0.0.1:{port}/sfu"]
+
+
+def _no_sqlite_file(tmp_path):
+    assert not (tmp_path / "data" / "meeting-sfu.sqlite3").exists()
+
+
 def _unknown_log_level(tmp_path, stack):
     return {"MEETING_SFU_LOGGING_LEVEL": "verbose"}, ["MEETING_SFU_LOGGING_LEVEL", "'verbose'", "debug, info"]
 
@@ -136,6 +147,7 @@ def _bad_boolean(tmp_path, stack):
         _recording_dir_is_a_file,
         _database_immutable,
         _database_not_sqlite,
+        _database_url_unreachable,
         _unknown_log_level,
         _port_out_of_range,
         _port_zero,

@@ -519,19 +519,6 @@ def test_database_url_defaults_to_sqlite_and_takes_only_postgresql(tmp_path: Pat
         load_config(env={"MEETING_SFU_STORAGE_DATABASE_URL": "mysql://x@y/z"})
 
 
-def test_serve_refuses_database_url_until_the_domain_uses_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """Rather than keep state in SQLite while PostgreSQL is configured."""
-    from control_api.cli import main
-
-    monkeypatch.setenv("MEETING_SFU_STORAGE_DATA_DIR", str(tmp_path))
-    monkeypatch.setenv("MEETING_SFU_STORAGE_DATABASE_URL", "postgresql://sfu@127.0.0.1:1/sfu")
-    assert main(["serve"]) == 2
-    assert "database_url" in capsys.readouterr().err
-    assert not (tmp_path / DB_FILENAME).exists()
-
-
 async def test_sqlite_store_lives_in_data_dir(tmp_path: Path) -> None:
     store = await open_store(config_for(tmp_path))
     try:
