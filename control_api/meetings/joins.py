@@ -23,14 +23,13 @@ class Joins(MeetingState):
         role = await self.role(principal, row.room_id)
         if row.meeting_type == PERMANENT and role is None:
             raise forbidden("not a member of the meeting's room")
-        session = self.hub.session(queue_id)
-        if session is None or session.user_id != principal.user_id:
-            raise bad_request("queue-id is not an open events socket of this user", "bad_queue_id")
+        self._open_socket(principal, queue_id)
         uid = principal.user_id
         async with self._lock(meeting_id):
             live = self._live.get(meeting_id)
             if live is None:  # also when it was deleted while we waited: a delete stops it first
                 raise bad_request("meeting is not started", "meeting_not_started")
+            self._open_socket(principal, queue_id)  # it may have closed while we waited
             existing = live.participants.get(uid)
             if existing is not None:
                 if existing.queue_id == queue_id:
@@ -42,9 +41,16 @@ class Joins(MeetingState):
                 return ACCEPTED
             return await self._enter_waiting_room(row, live, principal, queue_id)
 
+    def _open_socket(self, principal: Principal, queue_id: str) -> None:
+        session = self.hub.session(queue_id)
+        if session is None or session.user_id != principal.user_id:
+            raise bad_request("queue-id is not an open events socket of this user", "bad_queue_id")
+
     async def _add_participant(
         self, row: MeetingRow, live: LiveMeeting, uid: str, queue_id: str, role: str | None, name: str | None
     ) -> None:
+        """Under the lock, with no wait between the caller's check that the socket is open and
+        here: a socket that closes afterwards finds him (socket_closed), never one before."""
         live.participants[uid] = Participant(
             user_id=uid,
             queue_id=queue_id,
@@ -62,10 +68,10 @@ class Joins(MeetingState):
     ) -> None:
         """The same user joins from another socket: the old one is kicked out."""
         uid = existing.user_id
-        self.hub.to_queue(existing.queue_id, make_event("MEETING_PARTICIPANT_CLASHED", meetingId=row.id))
+        old_queue, existing.queue_id = existing.queue_id, queue_id  # before any wait, as in _add_participant
+        self.hub.to_queue(old_queue, make_event("MEETING_PARTICIPANT_CLASHED", meetingId=row.id))
         await self._close_media(row, live, existing)
         await self._to_room(row.room_id, make_event("MEETING_PARTICIPANT_LEFT", meetingId=row.id, userId=uid))
-        existing.queue_id = queue_id
         existing.audio = existing.video = existing.screen = False
         existing.joined_at = self._clock()
         existing.name = name

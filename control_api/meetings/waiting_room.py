@@ -7,8 +7,9 @@ import logging
 from typing import Any
 
 from ..auth import Principal
-from ..errors import forbidden, not_found
+from ..errors import bad_request, forbidden, not_found
 from ..events import make_event
+from ..storage import StoreUnavailable
 from ..store import MeetingRow
 from .state import ACCEPTED, REJECTED, WAITING, LiveMeeting, MeetingState
 
@@ -27,11 +28,15 @@ class WaitingRoom(MeetingState):
         entry = await self.store.waiting_entry(meeting_id, uid)
         if entry is not None and entry.status == ACCEPTED:
             # Accepted meanwhile: he enters, and the entry is spent.
-            await self.store.delete_waiting(meeting_id, uid)
+            role = await self.role(principal, row.room_id)
+            if self.hub.session(queue_id) is None:  # closed while we waited: he keeps his acceptance
+                raise bad_request("queue-id is not an open events socket of this user", "bad_queue_id")
+            await self._add_participant(row, live, uid, queue_id, role, principal.name)
             live.waiting_names.pop(uid, None)
-            await self._add_participant(
-                row, live, uid, queue_id, await self.role(principal, row.room_id), principal.name
-            )
+            try:
+                await self.store.delete_waiting(meeting_id, uid)
+            except StoreUnavailable as exc:  # he is in: what is left is an acceptance used once more
+                log.error("spent acceptance not deleted meeting=%s user=%s error=%s", meeting_id, uid, exc)
             return ACCEPTED
         if entry is not None:
             if entry.queue_id != queue_id:
