@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from control_api.store import DB_FILENAME
 from tests.helpers import new_id, start_server
 
 from .support import create_meeting, started_meeting, user
@@ -77,7 +78,8 @@ async def test_a_restart_stops_every_meeting_and_keeps_the_rest(tmp_path, storag
         for u in (gina, xavier):
             assert (await u.join(mid))[1] == {"status": "WAITING"}
         assert await olga.call("POST", f"/meetings/{mid}/queue/{gina.id}", {"status": "ACCEPTED"}) == (204, None)
-        second = await start_server(tmp_path, storage=storage)
+        # On PostgreSQL the second node has a data directory of its own: the state is in the database.
+        second = await start_server(tmp_path / "other" if storage["database_url"] else tmp_path, storage=storage)
         try:
             tok = second.token(olga.id)  # no grant: her rooms are known from the store alone
             status, body = await second.call("GET", "/meetings", tok)
@@ -91,6 +93,9 @@ async def test_a_restart_stops_every_meeting_and_keeps_the_rest(tmp_path, storag
             assert (await second.call("GET", f"/meetings/{mid}", second.token(xavier.id)))[0] == 403
         finally:
             await second.stop()
+        if storage["database_url"]:
+            assert not (tmp_path / "data" / DB_FILENAME).exists()
+            assert not (tmp_path / "other" / "data" / DB_FILENAME).exists()
     finally:
         await first.stop()
 

@@ -165,6 +165,19 @@ async def test_one_meeting_per_room_and_per_id(store: AsyncStore) -> None:
     assert await store.get_meeting(first.id) == first
 
 
+async def test_a_new_meeting_and_its_owner_are_one_transaction(store: AsyncStore) -> None:
+    first = meeting()
+    await store.insert_meeting(first, owner="olga")
+    assert await store.members_of_room(first.room_id) == {"olga": "owner"}
+    # A room that has its meeting already: refused, and no membership slips in.
+    with pytest.raises(StoreConflict):
+        await store.insert_meeting(meeting(first.room_id), owner="mallory")
+    assert await store.members_of_room(first.room_id) == {"olga": "owner"}
+    await store.add_member("r2", "max", "member")
+    await store.insert_meeting(meeting("r2"), owner="max")  # an owner is never less
+    assert await store.members_of_room("r2") == {"max": "owner"}
+
+
 async def test_meetings_of_rooms_oldest_first_over_many_rooms(store: AsyncStore) -> None:
     # More room ids than one SQLite statement takes (it is chunked by 500).
     late = meeting("room-0700", created_at=T0 + timedelta(minutes=5), id="b")
