@@ -10,7 +10,7 @@ from sfu.api import MediaError
 from ..auth import Principal
 from ..errors import bad_request, conflict, forbidden
 from ..events import make_event
-from ..store import MeetingRow
+from ..storage.rows import MeetingRow
 from .state import ACCEPTED, PERMANENT, LiveMeeting, MeetingState, Participant
 
 log = logging.getLogger("meeting_sfu.domain")

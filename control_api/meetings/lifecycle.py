@@ -14,7 +14,7 @@ from ..auth import Principal
 from ..errors import bad_request, conflict, not_found
 from ..events import iso, make_event
 from ..storage import StoreConflict, StoreUnavailable
-from ..store import MeetingRow
+from ..storage.rows import MeetingRow
 from .media import media_errors
 from .rendering import render_meeting
 from .state import SCHEDULED, LiveMeeting, MeetingState

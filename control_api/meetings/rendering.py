@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..events import iso
-from ..store import MeetingRow, RecordingRow
+from ..storage.rows import MeetingRow, RecordingRow
 from .state import LiveMeeting, Participant
 
 

@@ -27,7 +27,7 @@ from ..auth import Principal
 from ..errors import forbidden, not_found
 from ..events import EventHub, now_utc
 from ..storage import AsyncStore, StoreUnavailable
-from ..store import MeetingRow
+from ..storage.rows import MeetingRow
 
 log = logging.getLogger("meeting_sfu.domain")
 

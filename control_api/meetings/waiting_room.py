@@ -10,7 +10,7 @@ from ..auth import Principal
 from ..errors import bad_request, forbidden, not_found
 from ..events import make_event
 from ..storage import StoreUnavailable
-from ..store import MeetingRow
+from ..storage.rows import MeetingRow
 from .state import ACCEPTED, REJECTED, WAITING, LiveMeeting, MeetingState
 
 log = logging.getLogger("meeting_sfu.domain")

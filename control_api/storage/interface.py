@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Protocol
 
-from ..store import MeetingRow, RecordingRow, WaitingRow
+from .rows import MeetingRow, RecordingRow, WaitingRow
 
 
 class StoreUnavailable(Exception):

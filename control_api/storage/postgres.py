@@ -18,9 +18,9 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
-from ..store import MeetingRow, RecordingRow, WaitingRow
 from .interface import StoreConflict, StoreUnavailable
 from .migrations import migrate
+from .rows import MeetingRow, RecordingRow, WaitingRow
 
 T = TypeVar("T")
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from control_api.store import DB_FILENAME
+from control_api.storage import DB_FILENAME
 from tests.helpers import new_id, start_server
 
 from .support import create_meeting, started_meeting, user

@@ -17,10 +17,9 @@ import asyncpg
 import pytest
 
 from control_api.config import Config, ConfigError, load_config
-from control_api.storage import AsyncStore, StoreConflict, StoreUnavailable, open_store
+from control_api.storage import DB_FILENAME, AsyncStore, MeetingRow, StoreConflict, StoreUnavailable, open_store
 from control_api.storage.migrations import MIGRATIONS, migrate
 from control_api.storage.postgres import PostgresStore
-from control_api.store import DB_FILENAME, MeetingRow
 from tests.servers import PostgresServer
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -88,11 +87,10 @@ def meeting(room_id: str | None = None, *, created_at: datetime = T0, **kw: obje
     return MeetingRow(**fields)  # type: ignore[arg-type]
 
 
-def test_both_backends_implement_every_operation_of_the_sync_store() -> None:
+def test_both_backends_implement_every_operation_of_the_sqlite_sql() -> None:
     import inspect
 
-    from control_api.storage.sqlite import SqliteStore
-    from control_api.store import Store
+    from control_api.storage.sqlite import SqliteDb, SqliteStore
 
     def operations(cls: type) -> dict[str, inspect.Signature]:
         return {
@@ -102,7 +100,7 @@ def test_both_backends_implement_every_operation_of_the_sync_store() -> None:
         }
 
     wanted = operations(AsyncStore)  # type: ignore[type-abstract]
-    assert set(wanted) == set(operations(Store))
+    assert set(wanted) == set(operations(SqliteDb))
     for backend in (SqliteStore, PostgresStore):
         got = operations(backend)
         for name, signature in wanted.items():
