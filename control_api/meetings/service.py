@@ -61,6 +61,9 @@ class MeetingService(Lifecycle, Joins, WaitingRoom, Media, Recordings, MeetingSt
     - Changes to one meeting are serialised by that meeting's lock (see state.py); the live
       state of a meeting is in memory on this node only.
 
+    - `join` asks the hub (`hub.session(queue_id)`) whether the queue is an open socket of the
+      caller: a cluster's hub answers for the sockets of every node.
+
     `socket_closed(queue_id)` (an events socket of this node closed) calls
     `queue_closed(meeting_id, queue_id)` for each meeting joined from it: the latter is the
     per-meeting form a cluster relays to the owner node.

@@ -311,6 +311,8 @@ class SqliteStore:
         return cls(store, thread)
 
     async def _call(self, fn: Callable[..., T], *args: object) -> T:
+        if self._closed:  # e.g. a socket closing after the app's clean-up: as for a dead server
+            raise StoreUnavailable("SQLite store closed")
         try:
             return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
         except sqlite3.IntegrityError as exc:
@@ -326,7 +328,7 @@ class SqliteStore:
         if self._closed:
             return
         self._closed = True
-        await self._call(self._store.close)
+        await asyncio.get_running_loop().run_in_executor(self._thread, self._store.close)
         self._thread.shutdown(wait=True)
 
     # rooms and memberships

@@ -176,6 +176,15 @@ async def test_a_new_meeting_and_its_owner_are_one_transaction(store: AsyncStore
     assert await store.members_of_room("r2") == {"max": "owner"}
 
 
+async def test_a_closed_store_is_unavailable_not_a_crash(backend: Backend) -> None:
+    """A socket that closes during the node's shutdown may still ask (who is in the room)."""
+    store = await backend.open()
+    await store.close()
+    with pytest.raises(StoreUnavailable):
+        await store.members_of_room("r1")
+    await store.close()  # twice is harmless
+
+
 async def test_meetings_of_rooms_oldest_first_over_many_rooms(store: AsyncStore) -> None:
     # More room ids than one SQLite statement takes (it is chunked by 500).
     late = meeting("room-0700", created_at=T0 + timedelta(minutes=5), id="b")
