@@ -130,11 +130,10 @@ class Lifecycle(MeetingState):
         await self._member(principal, row.room_id)
         async with self._lock(meeting_id):
             live = self._live.get(meeting_id)
+            # A scheduled meeting past its expiration is deleted when it stops; one deleted
+            # while we waited for the lock is not live: either way it answers as stopped.
             if live is not None:
                 await self._stop(row, live)
-            if await self.store.get_meeting(meeting_id) is None:
-                # A scheduled meeting past its expiration is deleted when it stops.
-                return {**self.render(row), "active": False, "participants": []}
             return self.render(row)
 
     async def _stop(self, row: MeetingRow, live: LiveMeeting, delete_after: bool = True) -> None:
