@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from ..auth import Principal
+from ..errors import ApiError
 from ..storage import AsyncStore
 from .joins import Joins
 from .lifecycle import Lifecycle
@@ -61,6 +65,8 @@ class MeetingService(Lifecycle, Joins, WaitingRoom, Media, Recordings, MeetingSt
     - Changes to one meeting are serialised by that meeting's lock (see state.py); the live
       state of a meeting is in memory on this node only.
 
+    - `call(op, principal, meeting_id, *args)` carries out one of them by name: what a relay
+      on the owner node calls with the arguments it received as JSON.
     - `join` asks the hub (`hub.session(queue_id)`) whether the queue is an open socket of the
       caller: a cluster's hub answers for the sockets of every node.
 
@@ -68,6 +74,13 @@ class MeetingService(Lifecycle, Joins, WaitingRoom, Media, Recordings, MeetingSt
     `queue_closed(meeting_id, queue_id)` for each meeting joined from it: the latter is the
     per-meeting form a cluster relays to the owner node.
     """
+
+    async def call(self, op: str, principal: Principal, meeting_id: str, *args: Any) -> Any:
+        """Carry out the operation named `op` about one meeting, as a relay received it: the
+        same result, or the same ApiError, as the handlers' direct call."""
+        if op not in MEETING_OPERATIONS:
+            raise ApiError(400, "bad_request", f"no meeting operation named {op!r}")
+        return await getattr(self, op)(principal, meeting_id, *args)
 
     async def open(self, store: AsyncStore) -> None:
         """Take the store and do what a start means: a restart stops every meeting, so no
