@@ -4,6 +4,8 @@ start again."""
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -48,13 +50,17 @@ def own_redis() -> Iterator[RedisServer]:
         server.close()
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float, step: float = 0.02) -> float:
-    """Waits until `check()` holds; returns the seconds it took (fails the test after `timeout`)."""
-    import asyncio
-
+async def eventually(check: Callable[[], Awaitable[bool] | bool], timeout: float, step: float = 0.02) -> float:
+    """Waits until `check()` holds (a bool, or an awaitable of one); returns the seconds it took
+    (fails the test after `timeout`)."""
     loop = asyncio.get_running_loop()
     start = loop.time()
-    while not await check():
+
+    async def holds() -> bool:
+        result = check()
+        return bool(await result) if inspect.isawaitable(result) else bool(result)
+
+    while not await holds():
         if loop.time() - start > timeout:
             pytest.fail(f"not within {timeout} s")
         await asyncio.sleep(step)
