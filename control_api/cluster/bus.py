@@ -16,7 +16,6 @@ and the outbox is full, events are dropped and counted, as pub/sub would lose th
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import Callable, Iterable, Mapping
@@ -24,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ClusterUnavailable
-from .link import RedisLink
+from .link import RedisLink, stop_task
 from .subscriber import Subscription
 
 log = logging.getLogger("meeting_sfu.cluster")
@@ -124,10 +123,7 @@ class EventBus:
     async def stop(self) -> None:
         await self.subscription.stop()
         task, self._sender = self._sender, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_task(task)
 
     def publish(self, audience: Audience, event: dict[str, Any]) -> None:
         """Delivers `event` to this node's sockets now and queues it for the other nodes."""

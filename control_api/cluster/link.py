@@ -12,6 +12,7 @@ Script does that on NOSCRIPT).
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -25,6 +26,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from .errors import ClusterUnavailable
 
 T = TypeVar("T")
+log = logging.getLogger("meeting_sfu.cluster")
 
 # What "Redis cannot be reached" looks like from redis-py and the OS (BusyLoadingError, a Redis
 # still loading after a restart, is a ConnectionError).
@@ -117,6 +119,25 @@ class RedisLink:
             await self.client.aclose()
         except UNREACHABLE:  # closing a connection to a Redis that went away
             pass
+
+
+async def stop_task(task: asyncio.Task | None) -> None:
+    """Cancels a background task and waits for its end, cancelling again if it goes on.
+
+    A cancellation can be lost inside redis-py under Python 3.11 (a task seen looping on after
+    cancel(), in the takeover tests), so one cancel() and an await could wait for ever.
+    """
+    if task is None:
+        return
+    tries = 0
+    while not task.done():
+        if tries:
+            log.warning("cluster task %s went on after cancel(); cancelling again", task.get_name())
+        task.cancel()
+        tries += 1
+        await asyncio.wait({task}, timeout=0.5)
+    if not task.cancelled() and task.exception() is not None:
+        log.error("cluster task %s ended with an error: %r", task.get_name(), task.exception())
 
 
 # The Redis clock in milliseconds, inside a script: every node compares ages on one clock, so

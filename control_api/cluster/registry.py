@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from .errors import ClusterUnavailable
-from .link import LUA_NOW, NODE_ID, RedisLink
+from .link import LUA_NOW, NODE_ID, RedisLink, stop_task
 
 log = logging.getLogger("meeting_sfu.cluster")
 
@@ -168,10 +168,7 @@ class NodeRegistry:
     async def stop(self, *, leave: bool = True) -> None:
         """Stops refreshing; `leave`: also withdraws the entry (best effort: Redis may be down)."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_task(task)
         if leave:
             keys = self._keys
             with contextlib.suppress(ClusterUnavailable):

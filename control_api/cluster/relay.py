@@ -24,7 +24,7 @@ from typing import Any
 
 from ..errors import ApiError
 from .errors import ClusterUnavailable
-from .link import RedisLink
+from .link import RedisLink, stop_task
 from .subscriber import Subscription
 
 log = logging.getLogger("meeting_sfu.cluster")
@@ -89,10 +89,7 @@ class Relay:
         await self.subscription.stop()
         workers, self._workers = self._workers, []
         for task in workers:
-            task.cancel()
-        for task in workers:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await stop_task(task)
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(ClusterUnavailable("relay stopped"))

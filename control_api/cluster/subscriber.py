@@ -15,7 +15,9 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 
-from .link import UNREACHABLE, RedisLink
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .link import UNREACHABLE, RedisLink, stop_task
 
 log = logging.getLogger("meeting_sfu.cluster")
 
@@ -26,7 +28,8 @@ class Subscription:
     """Subscribed to `channels` while started; `on_message(channel, data)` for each message.
 
     After a lost connection it subscribes again, waiting `retry_seconds` (doubling up to
-    `max_retry_seconds`) between attempts.
+    `max_retry_seconds`) between attempts. A connection silent for `health_seconds` is pinged;
+    no answer within the link's timeout counts as lost.
     """
 
     def __init__(
@@ -38,6 +41,7 @@ class Subscription:
         name: str,
         retry_seconds: float = 0.1,
         max_retry_seconds: float = 1.0,
+        health_seconds: float = 5.0,
     ) -> None:
         self.link = link
         self.channels = list(channels)
@@ -47,6 +51,7 @@ class Subscription:
         self._on_message = on_message
         self._retry = retry_seconds
         self._max_retry = max_retry_seconds
+        self._health = health_seconds
         self._task: asyncio.Task | None = None
 
     async def start(self, wait: float = 0.0) -> None:
@@ -61,10 +66,7 @@ class Subscription:
     async def stop(self) -> None:
         task, self._task = self._task, None
         self.ready.clear()
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_task(task)
 
     async def _run(self) -> None:
         delay = self._retry
@@ -80,8 +82,22 @@ class Subscription:
                 if down:
                     log.info("cluster subscription resumed name=%s", self.name)
                 down = False
+                loop = asyncio.get_running_loop()
+                heard = loop.time()
+                pinged: float | None = None
                 while True:
-                    message = await pubsub.get_message(timeout=1.0)
+                    message = await pubsub.get_message(timeout=min(1.0, self._health))
+                    now = loop.time()
+                    if message is not None:
+                        heard, pinged = now, None
+                    elif pinged is not None and now - pinged > self.link.timeout:
+                        # A Redis that keeps the connection but answers nothing (hung, or a
+                        # network that lost the path without a reset) is a lost subscription.
+                        raise RedisTimeoutError(f"no answer to a ping within {self.link.timeout:g} s")
+                    elif pinged is None and now - heard > self._health:
+                        pinged = now
+                        async with asyncio.timeout(self.link.timeout + 0.5):
+                            await pubsub.ping()
                     if message is None or message.get("type") != "message":
                         continue
                     channel = message["channel"]

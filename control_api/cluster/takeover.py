@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable
 
 from .claims import Claims
 from .errors import ClusterUnavailable
+from .link import stop_task
 from .registry import NodeRegistry
 from .roster import Roster
 from .sockets import SocketDirectory, SocketEntry
@@ -66,10 +67,7 @@ class TakeoverWatcher:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_task(task)
 
     async def _loop(self) -> None:
         while True:

@@ -62,6 +62,6 @@ async def eventually(check: Callable[[], Awaitable[bool] | bool], timeout: float
 
     while not await holds():
         if loop.time() - start > timeout:
-            pytest.fail(f"not within {timeout} s")
+            raise AssertionError(f"not within {timeout} s")  # (pytest.fail is a BaseException: it hangs the loop)
         await asyncio.sleep(step)
     return loop.time() - start
