@@ -12,8 +12,12 @@ that dies in turn leaves the claim under its own name: the next survivor takes i
 
 The dead node's sockets are purged (they closed with it); `on_sockets_lost(node_id, sockets)`
 lets the domain make their participants in meetings on live nodes leave. Then the dead node's
-entry is forgotten. Worst case from the death: dead_after + interval + the callbacks (10 s +
-2 s with the defaults, within the 20 s of DESIGN section 9.2).
+entry is forgotten. A node that was taken for dead but lives (cut from Redis for longer than
+dead_after) finds, at its next round, meetings it runs but no longer owns: `on_claim_lost` (given
+`local_meetings`) lets the domain drop them, so that no meeting runs on two nodes.
+
+Worst case from the death: dead_after + interval + the callbacks (10 s + 2 s with the defaults,
+within the 20 s of DESIGN section 9.2).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
 from .claims import Claims
 from .errors import ClusterUnavailable
@@ -34,6 +38,7 @@ log = logging.getLogger("meeting_sfu.cluster")
 
 OnTakeover = Callable[[str, dict[str, str]], Awaitable[None]]
 OnSocketsLost = Callable[[str, list[SocketEntry]], Awaitable[None]]
+OnClaimLost = Callable[[str], Awaitable[None]]
 
 
 class TakeoverWatcher:
@@ -48,6 +53,8 @@ class TakeoverWatcher:
         on_takeover: OnTakeover,
         on_sockets_lost: OnSocketsLost | None = None,
         *,
+        local_meetings: Callable[[], Iterable[str]] | None = None,
+        on_claim_lost: OnClaimLost | None = None,
         interval_seconds: float = 2.0,
     ) -> None:
         self.registry = registry
@@ -58,6 +65,8 @@ class TakeoverWatcher:
         self.interval_seconds = interval_seconds
         self._on_takeover = on_takeover
         self._on_sockets_lost = on_sockets_lost
+        self._local_meetings = local_meetings
+        self._on_claim_lost = on_claim_lost
         self._task: asyncio.Task | None = None
         self.taken: list[str] = []  # meetings this node took over, for tests and logs
 
@@ -82,6 +91,7 @@ class TakeoverWatcher:
     async def check(self) -> list[str]:
         """One round: takes over what it can of every dead node; returns the meetings it took."""
         taken = []
+        await self._check_own_claims()
         for dead in await self.registry.dead():
             if dead == self.node_id:
                 continue  # this node's own entry is late (Redis was away): it refreshes soon
@@ -97,6 +107,22 @@ class TakeoverWatcher:
             if await self.registry.forget(dead):
                 log.info("cluster node forgotten node=%s", dead)
         return taken
+
+    async def _check_own_claims(self) -> None:
+        """A meeting this node runs but no longer owns (it was taken for dead, e.g. while Redis was
+        out of its reach for longer than dead_after) goes: `on_claim_lost` stops it here, quietly,
+        as its survivor has stopped it for everyone already."""
+        if self._local_meetings is None or self._on_claim_lost is None:
+            return
+        local = set(self._local_meetings())
+        if not local:
+            return
+        for meeting_id in sorted(local - await self.claims.of_node(self.node_id)):
+            log.warning("cluster claim lost meeting=%s node=%s", meeting_id, self.node_id)
+            try:
+                await self._on_claim_lost(meeting_id)
+            except Exception:
+                log.exception("cluster claim lost handling failed meeting=%s", meeting_id)
 
     async def _take(self, meeting_id: str, dead: str) -> bool:
         if not await self.claims.take_over(meeting_id, dead, self.node_id):

@@ -192,3 +192,33 @@ async def test_at_the_real_intervals_a_node_killed_with_sigkill_is_taken_over_wi
             proc.wait(timeout=10)
         for node in survivors:
             await node.stop()
+
+
+async def test_a_node_taken_for_dead_that_lives_drops_the_meetings_it_no_longer_owns(links) -> None:
+    log: list = []
+    lost: list[str] = []
+    running = {"m1", "m2"}
+
+    async def on_claim_lost(meeting_id: str) -> None:
+        lost.append(meeting_id)
+        running.discard(meeting_id)
+
+    a, b = Node(links(), "a", log), Node(links(), "b", log)
+    a.watcher = TakeoverWatcher(
+        a.registry, a.claims, a.roster, a.sockets, a.on_takeover,
+        local_meetings=lambda: running, on_claim_lost=on_claim_lost, interval_seconds=INTERVAL,
+    )
+    await a.start()
+    await b.start()
+    try:
+        for m in sorted(running):
+            await a.claims.claim(m, "a")
+        await asyncio.sleep(3 * INTERVAL)
+        assert lost == []  # owned: kept
+        await a.registry.stop(leave=False)  # a's heartbeat stops (cut from Redis), its watcher not
+        await eventually(lambda: lost == ["m1", "m2"], 5)
+        assert sorted(e[2] for e in log if e[0] == "takeover") == ["m1", "m2"]
+        assert running == set()
+    finally:
+        await a.watcher.stop()
+        await b.stop()
