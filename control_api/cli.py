@@ -15,6 +15,7 @@ from importlib import metadata
 from pathlib import Path
 
 from .auth import TokenAuthority, canonical_uuid, read_secret_file
+from .cluster.startup import check_cluster_settings
 from .config import ENV_PREFIX, Config, ConfigError, load_config
 from .logs import setup_logging
 from .preflight import StartupError, bind_error, check_storage
@@ -45,6 +46,7 @@ def _load(args: argparse.Namespace, warn: Callable[[str], None] | None = None) -
 def _serve(args: argparse.Namespace) -> int:
     warnings: list[str] = []
     config = _load(args, warnings.append)
+    check_cluster_settings(config)
     setup_logging(config.logging.level, config.logging.format)
     for line in warnings:  # logged once logging has its configured format
         log.warning(line)
