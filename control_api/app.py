@@ -18,6 +18,8 @@ from sfu.api import MediaError, MediaService, StatsReport
 from sfu.metrics import MediaCollector, MediaStats, measure_loop_lag
 
 from .auth import AuthError, TokenAuthority, load_or_create_secret
+from .cluster.hub import ClusterHub
+from .cluster.node import ClusterNode
 from .config import Config
 from .errors import ApiError
 from .events import EventHub
@@ -36,6 +38,7 @@ from .keys import (
     WEBSOCKETS,
 )
 from .meetings import MeetingService
+from .meetings.clustered import ClusteredMeetingService
 from .metrics import ControlMetrics
 from .responses import json_response
 from .storage import StoreUnavailable, open_store
@@ -257,16 +260,17 @@ def create_app(config: Config, media: MediaService | None = None) -> web.Applica
     data_dir = config.data_path
     data_dir.mkdir(parents=True, exist_ok=True)
     secret = load_or_create_secret(config.auth.jwt_secret, data_dir)
-    hub = EventHub(config.meetings.max_events_queue)
     metrics = ControlMetrics()
-    hub.on_sent = metrics.events_sent.inc
     media = media if media is not None else default_media(config)
-    domain = MeetingService(
-        hub,
-        media,
-        recordings_dir=config.recording_path,
-        work_dir=data_dir / "recordings-in-progress",
-    )
+    places = {"recordings_dir": config.recording_path, "work_dir": data_dir / "recordings-in-progress"}
+    domain: MeetingService
+    if config.cluster.redis_url:  # one node of a cluster (DESIGN section 9.2)
+        hub: EventHub = ClusterHub(config.meetings.max_events_queue)
+        domain = ClusteredMeetingService(hub, media, ClusterNode(config, hub), **places)  # type: ignore[arg-type]
+    else:
+        hub = EventHub(config.meetings.max_events_queue)
+        domain = MeetingService(hub, media, **places)
+    hub.on_sent = metrics.events_sent.inc
     # The media plane counts in plain ints, in each worker; /metrics asks for fresh snapshots
     # and the collector sums them (the control plane's own loop lag included).
     control_stats = MediaStats()
@@ -310,6 +314,8 @@ def create_app(config: Config, media: MediaService | None = None) -> web.Applica
             add_demo_routes(app)
 
     app.cleanup_ctx.append(_store_task)  # first: the tasks after it use the store
+    if config.cluster.redis_url:
+        app.cleanup_ctx.append(_cluster_task)
     app.cleanup_ctx.append(_media_events_task)
     app.cleanup_ctx.append(_expiry_task)
     app.cleanup_ctx.append(_loop_lag_task)
@@ -329,6 +335,16 @@ async def _store_task(app: web.Application) -> AsyncIterator[None]:
         raise
     app[STORE] = store
     yield
+
+
+async def _cluster_task(app: web.Application) -> AsyncIterator[None]:
+    """Joins the cluster once the store is open; at shutdown (after the sockets closed) stops
+    this node's meetings, then leaves it."""
+    domain = app[DOMAIN]
+    assert isinstance(domain, ClusteredMeetingService)
+    await domain.start_cluster()
+    yield
+    await domain.stop_cluster()
 
 
 async def _expiry_task(app: web.Application) -> AsyncIterator[None]:

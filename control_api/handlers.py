@@ -224,6 +224,8 @@ async def events(request: web.Request) -> web.StreamResponse:
         asyncio.ensure_future(cut())
 
     session.on_overflow = overflow
+    # Known to the whole cluster before its id is given out: a join through any node finds it.
+    await _domain(request).socket_opened(queue_id, principal.user_id)
     session.push({"type": "websocketConnected", "queueId": queue_id})
     request.app[WEBSOCKETS].add(ws)
     log.info("events socket opened user=%s queue=%s", principal.user_id, queue_id)

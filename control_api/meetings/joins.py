@@ -124,6 +124,9 @@ class Joins(MeetingState):
         if auto_stop and not live.participants:
             await self._stop(row, live)
 
+    async def socket_opened(self, queue_id: str, user_id: str) -> None:
+        """An events socket of this node opened (a cluster makes it known to every node)."""
+
     async def socket_closed(self, queue_id: str) -> None:
         """Closing an events socket leaves every meeting joined from it."""
         for meeting_id, live in list(self._live.items()):
