@@ -115,3 +115,27 @@ key_prefix = "{prefix}"
             self.proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             self.kill()
+
+
+class RemoteHandle(ServerHandle):
+    """The test clients' view of a node run as a process: HTTP, /events and tokens."""
+
+    def __init__(self, url: str) -> None:
+        import aiohttp
+
+        from control_api.auth import TokenAuthority
+
+        self.url = url
+        self.http = aiohttp.ClientSession()
+        self.sockets = []
+        self._authority = TokenAuthority(SECRET, 5)
+
+    @property
+    def authority(self):  # noqa: ANN201
+        return self._authority
+
+    async def stop(self) -> None:
+        for s in self.sockets:
+            if not s.closed:
+                await s.close()
+        await self.http.close()
