@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from control_api.cluster import Claims, RedisLink
+from control_api.cluster import Claims, NodeRegistry, RedisLink
 from tests.helpers import SECRET, ServerHandle, start_server
 from tests.servers import free_port
 
@@ -35,6 +35,16 @@ async def owner_of(redis_url: str, prefix: str, meeting_id: str) -> str | None:
         return await Claims(link).owner(meeting_id)
     finally:
         await link.close()
+
+
+async def load_of(redis_url: str, prefix: str, node_id: str, participants: int) -> bool:
+    """Whether the registry shows `node_id` carrying `participants` participants."""
+    link = RedisLink(redis_url, prefix=prefix)
+    try:
+        entry = await NodeRegistry(link, "probe", "-").get(node_id)
+    finally:
+        await link.close()
+    return entry is not None and entry.load.participants == participants
 
 
 class NodeProcess:

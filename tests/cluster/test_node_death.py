@@ -13,7 +13,8 @@ from tests.control_api.support import create_meeting, user
 from tests.control_api.test_storage import fresh_database
 from tests.helpers import new_id
 
-from .nodes import NodeProcess, RemoteHandle, owner_of
+from .conftest import eventually
+from .nodes import NodeProcess, RemoteHandle, load_of, owner_of
 from .test_nodes import via
 
 
@@ -55,6 +56,15 @@ async def test_kill_9_of_the_owner_stops_its_meeting_on_the_survivor_then_it_sta
     assert await olga.join(mid) == (200, {"status": "ACCEPTED"})
     assert await bob.join(mid) == (200, {"status": "ACCEPTED"})
     assert (await via(olga, a).call("GET", f"/meetings/{mid}"))[1]["participants"]
+    # A second meeting, on b once a's load says it holds the first: Dan joins it from a socket on a.
+    await eventually(lambda: load_of(redis_server.url, prefix, "a", 2), 10, 0.2)
+    created = await create_meeting(olga, None)
+    other = created["id"]
+    assert (await olga.call("POST", f"/meetings/{other}/start"))[0] == 200
+    assert await owner_of(redis_server.url, prefix, other) == "b"
+    dan = await user(a, {created["roomId"]: "member"})
+    assert await dan.join(other) == (200, {"status": "ACCEPTED"})
+    assert await olga.join(other) == (200, {"status": "ACCEPTED"})
 
     proc_a.kill()
     died = time.monotonic()
@@ -63,10 +73,17 @@ async def test_kill_9_of_the_owner_stops_its_meeting_on_the_survivor_then_it_sta
     took = time.monotonic() - died
     assert took < 20, took
     for ws in (olga.ws, bob.ws):
-        tail = [m for m in ws.messages if m["type"] in ("MEETING_PARTICIPANT_LEFT", "MEETING_STOPPED")]
+        tail = [
+            m for m in ws.messages
+            if m["type"] in ("MEETING_PARTICIPANT_LEFT", "MEETING_STOPPED") and m["meetingId"] == mid
+        ]
         assert [m["type"] for m in tail] == ["MEETING_PARTICIPANT_LEFT"] * 2 + ["MEETING_STOPPED"], tail
         assert sorted(m["userId"] for m in tail[:2]) == sorted([olga.id, bob.id])
     assert await owner_of(redis_server.url, prefix, mid) is None
+    # Dan's socket died with a: he left the meeting on b, which goes on.
+    await olga.ws.wait("MEETING_PARTICIPANT_LEFT", lambda m: m["meetingId"] == other and m["userId"] == dan.id)
+    status, body = await olga.call("GET", f"/meetings/{other}")
+    assert status == 200 and [p["userId"] for p in body["participants"]] == [olga.id], body
     status, body = await olga.call("GET", f"/meetings/{mid}")
     assert status == 200 and body["active"] is False
 

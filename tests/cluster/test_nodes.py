@@ -4,12 +4,16 @@ whichever node, the events of any node reaching the sockets of every node."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
-from tests.control_api.support import JOIN, create_meeting, of, user
+from control_api.cluster import Claims, RedisLink
+from tests.control_api.support import JOIN, create_meeting, is_error, of, user
 from tests.control_api.test_storage import fresh_database
 from tests.helpers import new_id
 
+from .conftest import eventually
 from .nodes import in_process, owner_of
 
 
@@ -118,3 +122,70 @@ async def test_the_waiting_room_across_nodes(nodes):
     assert await via(guest, b).join(mid, guest.ws) == (200, {"status": "ACCEPTED"})
     await olga.ws.wait("MEETING_PARTICIPANT_JOINED", lambda m: m["userId"] == guest.id)
     assert of(guest.ws, "MEETING_PARTICIPANT_JOINED", mid)
+
+
+async def test_a_node_that_shuts_down_stops_its_meetings_for_the_others_and_releases_them(
+    nodes, redis_server, prefix
+):
+    a, b = await nodes("a"), await nodes("b")
+    room = new_id()
+    olga = await user(b, {room: "owner"})
+    mid = (await create_meeting(olga, room))["id"]
+    assert (await olga.call("POST", f"/meetings/{mid}/start"))[0] == 200
+    assert await owner_of(redis_server.url, prefix, mid) == "a"
+    assert await olga.join(mid) == (200, {"status": "ACCEPTED"})
+    await a.stop()  # SIGTERM's path: the app's cleanup
+    await olga.ws.wait("MEETING_STOPPED")
+    assert [m["type"] for m in olga.ws.messages][-2:] == ["MEETING_PARTICIPANT_LEFT", "MEETING_STOPPED"]
+    assert await owner_of(redis_server.url, prefix, mid) is None
+    status, body = await olga.call("POST", f"/meetings/{mid}/start")
+    assert status == 200 and body["active"] is True
+    assert await owner_of(redis_server.url, prefix, mid) == "b"
+
+
+async def test_a_meeting_claimed_by_a_node_that_is_gone_answers_503_at_once(nodes, redis_server, prefix):
+    a = await nodes("a")
+    room = new_id()
+    olga = await user(a, {room: "owner"})
+    mid = (await create_meeting(olga, room))["id"]
+    link = RedisLink(redis_server.url, prefix=prefix)
+    try:
+        assert await Claims(link).claim(mid, "ghost") == "ghost"  # a node that died a moment ago
+    finally:
+        await link.close()
+    started = time.monotonic()
+    for method, path in (("GET", f"/meetings/{mid}"), ("POST", f"/meetings/{mid}/start"), ("GET", "/meetings")):
+        status, body = await olga.call(method, path)
+        assert status == 503 and is_error(body) and body["error"] == "cluster_unavailable", (path, body)
+    assert time.monotonic() - started < 3
+
+
+async def test_redis_hung_answers_503_within_seconds_then_the_cluster_comes_back(tmp_path, postgres_server, own_redis):
+    database_url = await fresh_database(postgres_server)
+    prefix = "hung:"
+    a = await in_process(tmp_path, database_url, own_redis.url, prefix, "a")
+    b = await in_process(tmp_path, database_url, own_redis.url, prefix, "b")
+    try:
+        room = new_id()
+        olga = await user(b, {room: "owner"})
+        mid = (await create_meeting(olga, room))["id"]
+        assert (await olga.call("POST", f"/meetings/{mid}/start"))[0] == 200
+        assert await olga.join(mid) == (200, {"status": "ACCEPTED"})
+        own_redis.pause()
+        try:
+            for method, path in (("GET", f"/meetings/{mid}"), ("POST", f"/meetings/{mid}/leave")):
+                started = time.monotonic()
+                status, body = await olga.call(method, path)
+                assert status == 503 and is_error(body) and body["error"] == "cluster_unavailable", body
+                assert time.monotonic() - started < 5
+        finally:
+            own_redis.resume()
+
+        async def back() -> bool:
+            status, body = await olga.call("GET", f"/meetings/{mid}")
+            return status == 200 and [p["userId"] for p in body["participants"]] == [olga.id]
+
+        await eventually(back, 10, 0.2)
+    finally:
+        await b.stop()
+        await a.stop()
