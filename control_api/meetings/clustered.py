@@ -80,6 +80,11 @@ class ClusteredMeetingService(MeetingService):
         self.store = store
         await self._recover_recordings()
 
+    def _recovers(self, recording_id: str) -> bool:
+        """Only the recordings whose parts are in this node's own work directory: the others in
+        the store run on other nodes now (or are their nodes' to recover when they come back)."""
+        return (self.work_dir / recording_id).exists()
+
     async def start_cluster(self) -> None:
         self._roster_task = asyncio.create_task(self._write_rosters(), name="cluster-roster-writes")
         await self.node.start(

@@ -79,7 +79,7 @@ class Recordings(MeetingState):
     async def _recover_recordings(self) -> None:
         """Recordings cut short by a crash: their parts are merged into the fallback path."""
         for rec in await self.store.recordings():
-            if rec.status != "STARTED":
+            if rec.status != "STARTED" or not self._recovers(rec.id):
                 continue
             path, size = await asyncio.to_thread(
                 _recover_into,
@@ -88,6 +88,11 @@ class Recordings(MeetingState):
                 rec.started_at.strftime("%Y%m%dT%H%M%SZ"),
             )
             await self.store.finish_recording(rec.id, self._clock(), path, size)
+
+    def _recovers(self, recording_id: str) -> bool:
+        """Whether a recording the store says started is this node's to recover (a single node's
+        are all its own)."""
+        return True
 
     async def _recording_target(self, principal: Principal, meeting_id: str) -> None:
         row = await self._meeting(meeting_id)

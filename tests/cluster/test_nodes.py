@@ -9,6 +9,7 @@ import time
 import pytest
 
 from control_api.cluster import Claims, RedisLink
+from control_api.keys import STORE
 from tests.control_api.support import JOIN, create_meeting, is_error, of, user
 from tests.control_api.test_storage import fresh_database
 from tests.helpers import new_id
@@ -123,6 +124,12 @@ async def test_the_waiting_room_across_nodes(nodes):
     await olga.ws.wait("MEETING_PARTICIPANT_JOINED", lambda m: m["userId"] == guest.id)
     assert of(guest.ws, "MEETING_PARTICIPANT_JOINED", mid)
 
+    # A node that starts later leaves the waiting queues of the live meetings alone.
+    late = await user(b)
+    assert await via(late, b).join(mid, late.ws) == (200, {"status": "WAITING"})
+    c = await nodes("c")
+    assert await via(olga, c).call("GET", f"/meetings/{mid}/queue") == (200, {"users": [late.id]})
+
 
 async def test_a_node_that_shuts_down_stops_its_meetings_for_the_others_and_releases_them(
     nodes, redis_server, prefix
@@ -189,3 +196,21 @@ async def test_redis_hung_answers_503_within_seconds_then_the_cluster_comes_back
     finally:
         await b.stop()
         await a.stop()
+
+
+async def test_a_node_starting_leaves_the_recordings_running_on_other_nodes_alone(nodes):
+    a = await nodes("a")
+    room = new_id()
+    olga = await user(a, {room: "owner"})
+    mid = (await create_meeting(olga, room))["id"]
+    assert (await olga.call("POST", f"/meetings/{mid}/start"))[0] == 200
+    assert await olga.join(mid) == (200, {"status": "ACCEPTED"})
+    assert (await olga.call("POST", f"/meetings/{mid}/startRecording"))[0] == 204
+    c = await nodes("c")  # a start recovers recordings cut short by a crash: its own only
+    for node in (a, c):
+        (rec,) = await node.app[STORE].recordings(mid)
+        assert rec.status == "STARTED", rec
+    status, body = await via(olga, c).call("POST", f"/meetings/{mid}/stopRecording", {"name": "r", "folderId": "f"})
+    assert status == 204, body
+    (rec,) = await a.app[STORE].recordings(mid)
+    assert rec.status == "STOPPED", rec  # by its own node (no stream was published: no file)
