@@ -64,6 +64,9 @@ def principal_from(data: Any) -> Principal:
 
 class ClusteredMeetingService(MeetingService):
     hub: ClusterHub
+    # A claim of this node for a meeting it does not run (its start's relay was lost, or a stop
+    # could not reach Redis) is released when two sweeps this far apart find it so.
+    sweep_seconds = 5.0
 
     def __init__(self, hub: ClusterHub, media: Any, node: ClusterNode, **options: Any) -> None:
         super().__init__(hub, media, **options)
@@ -71,6 +74,8 @@ class ClusteredMeetingService(MeetingService):
         node.load = self.load
         self._roster_writes: asyncio.Queue = asyncio.Queue(MAX_ROSTER_WRITES)
         self._roster_task: asyncio.Task | None = None
+        self._sweep_task: asyncio.Task | None = None
+        self._starting: set[str] = set()
 
     # --- start and stop of the node ---------------------------------------------------------
 
@@ -87,6 +92,7 @@ class ClusteredMeetingService(MeetingService):
 
     async def start_cluster(self) -> None:
         self._roster_task = asyncio.create_task(self._write_rosters(), name="cluster-roster-writes")
+        self._sweep_task = asyncio.create_task(self._sweep_claims(), name="cluster-claim-sweep")
         await self.node.start(
             dispatch=self.dispatch,
             on_takeover=self.stop_orphan,
@@ -109,10 +115,11 @@ class ClusteredMeetingService(MeetingService):
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(3.0):
                 await self._roster_writes.join()
-        if self._roster_task is not None:
-            self._roster_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._roster_task
+        for task in (self._roster_task, self._sweep_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.node.stop()
 
     def load(self) -> NodeLoad:
@@ -244,6 +251,7 @@ class ClusteredMeetingService(MeetingService):
 
     async def _start_here(self, principal: Principal, meeting_id: str) -> dict[str, Any]:
         claims, me = self.node.claims, self.node.node_id
+        self._starting.add(meeting_id)
         try:
             body = await MeetingService.start_meeting(self, principal, meeting_id)
         except BaseException:
@@ -251,6 +259,8 @@ class ClusteredMeetingService(MeetingService):
                 with contextlib.suppress(ClusterUnavailable):
                     await claims.release(meeting_id, me)
             raise
+        finally:
+            self._starting.discard(meeting_id)
         # A stop that held the meeting's lock while this start waited for it released the
         # claim: the start takes it again (SET NX: a no-op while this node holds it).
         owner = await claims.claim(meeting_id, me)
@@ -266,6 +276,25 @@ class ClusteredMeetingService(MeetingService):
             await self.node.claims.release(row.id, self.node.node_id)
         except ClusterUnavailable as exc:  # a claim left behind names a live node: it is swept
             log.error("claim not released at stop meeting=%s error=%s", row.id, exc.message)
+
+    async def _sweep_claims(self) -> None:
+        claims, me = self.node.claims, self.node.node_id
+        suspects: set[str] = set()
+        while True:
+            await asyncio.sleep(self.sweep_seconds)
+            try:
+                stale = await claims.of_node(me) - set(self._live) - self._starting
+                for meeting_id in sorted(stale & suspects):
+                    async with self._lock(meeting_id):
+                        if meeting_id not in self._live and meeting_id not in self._starting:
+                            if await claims.release(meeting_id, me):
+                                self._roster_write("clear", meeting_id)
+                                log.warning("stale claim released meeting=%s", meeting_id)
+                suspects = stale - suspects
+            except ClusterUnavailable:
+                continue
+            except Exception:
+                log.exception("claim sweep failed")
 
     async def expire(self) -> int:
         """As on a single node, skipping the meetings active on any node."""

@@ -10,6 +10,7 @@ import pytest
 
 from control_api.cluster import Claims, RedisLink
 from control_api.keys import STORE
+from control_api.meetings.clustered import ClusteredMeetingService
 from tests.control_api.support import JOIN, create_meeting, is_error, of, user
 from tests.control_api.test_storage import fresh_database
 from tests.helpers import new_id
@@ -214,3 +215,21 @@ async def test_a_node_starting_leaves_the_recordings_running_on_other_nodes_alon
     assert status == 204, body
     (rec,) = await a.app[STORE].recordings(mid)
     assert rec.status == "STOPPED", rec  # by its own node (no stream was published: no file)
+
+
+async def test_a_claim_of_a_live_node_that_does_not_run_the_meeting_is_swept(nodes, redis_server, prefix, monkeypatch):
+    monkeypatch.setattr(ClusteredMeetingService, "sweep_seconds", 0.2)
+    a = await nodes("a")
+    room = new_id()
+    olga = await user(a, {room: "owner"})
+    mid = (await create_meeting(olga, room))["id"]
+    link = RedisLink(redis_server.url, prefix=prefix)
+    try:
+        assert await Claims(link).claim(mid, "a") == "a"  # a start whose relay never arrived
+    finally:
+        await link.close()
+
+    async def released() -> bool:
+        return await owner_of(redis_server.url, prefix, mid) is None
+
+    await eventually(released, 5)
