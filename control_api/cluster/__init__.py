@@ -68,7 +68,11 @@ Takeover. `on_takeover(meeting_id, roster)` on the survivor: the facade's stop f
 does not hold in memory: publish MEETING_PARTICIPANT_LEFT for each user of the roster (audience
 room members of the meeting's room), mark the meeting inactive in the store, clear its waiting
 queue, publish MEETING_STOPPED (room members + waiting users); the watcher then clears the roster
-and releases the claim, and the meeting can be started again on a live node.
+and releases the claim, and the meeting can be started again on a live node. The watcher is also
+given `local_meetings` (the ids of the meetings running here) and `on_claim_lost(meeting_id)`:
+a node that was taken for dead while it lived (cut from Redis for more than 10 s) tears those
+meetings down locally (media, memory; no events: the survivor sent them), so that no meeting
+runs on two nodes. `on_sockets_lost(node, sockets)`: see "Socket close on A".
 
 Where 503s come from. ClusterUnavailable is an ApiError (503, "cluster_unavailable"), so the app's
 error middleware renders it as JSON like every other error; it is raised within about 2-3 s by any
