@@ -18,8 +18,9 @@ from sfu.api import MediaError, MediaService, StatsReport
 from sfu.metrics import MediaCollector, MediaStats, measure_loop_lag
 
 from .auth import AuthError, TokenAuthority, load_or_create_secret
+from .cluster.hub import ClusterHub
+from .cluster.node import ClusterNode
 from .config import Config
-from .domain import MeetingService
 from .errors import ApiError
 from .events import EventHub
 from .handlers import add_routes
@@ -36,9 +37,11 @@ from .keys import (
     TOKENS,
     WEBSOCKETS,
 )
+from .meetings import MeetingService
+from .meetings.clustered import ClusteredMeetingService
 from .metrics import ControlMetrics
 from .responses import json_response
-from .store import Store
+from .storage import StoreUnavailable, open_store
 from .workers import WorkerPool
 
 log = logging.getLogger("meeting_sfu.app")
@@ -81,6 +84,10 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return await handler(request)
     except ApiError as exc:
         return error_response(exc.status, exc.code, exc.message)
+    except StoreUnavailable as exc:
+        # The database is down or slow: the node stays up, and answers again once it is back.
+        log.warning("store unavailable method=%s path=%s error=%s", request.method, request.path, exc)
+        return error_response(503, "store_unavailable", "the database is unavailable, try again later")
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -222,7 +229,12 @@ async def _metrics(request: web.Request) -> web.Response:
         request.app[MEDIA_REPORT].report = await asyncio.wait_for(media.stats_report(), 2.0)
     except (MediaError, TimeoutError):
         pass  # the last report serves
-    registry = request.app[METRICS].registry
+    metrics = request.app[METRICS]
+    try:
+        metrics.waiting_users.set(await request.app[STORE].count_waiting())
+    except StoreUnavailable:
+        pass  # the last count serves
+    registry = metrics.registry
     body = generate_latest(registry)
     response = web.Response(body=body)
     response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
@@ -248,18 +260,17 @@ def create_app(config: Config, media: MediaService | None = None) -> web.Applica
     data_dir = config.data_path
     data_dir.mkdir(parents=True, exist_ok=True)
     secret = load_or_create_secret(config.auth.jwt_secret, data_dir)
-    store = Store(data_dir / "meeting-sfu.sqlite3")
-    hub = EventHub(store, config.meetings.max_events_queue)
     metrics = ControlMetrics()
-    hub.on_sent = metrics.events_sent.inc
     media = media if media is not None else default_media(config)
-    domain = MeetingService(
-        store,
-        hub,
-        media,
-        recordings_dir=config.recording_path,
-        work_dir=data_dir / "recordings-in-progress",
-    )
+    places = {"recordings_dir": config.recording_path, "work_dir": data_dir / "recordings-in-progress"}
+    domain: MeetingService
+    if config.cluster.redis_url:  # one node of a cluster (DESIGN section 9.2)
+        hub: EventHub = ClusterHub(config.meetings.max_events_queue)
+        domain = ClusteredMeetingService(hub, media, ClusterNode(config, hub), **places)  # type: ignore[arg-type]
+    else:
+        hub = EventHub(config.meetings.max_events_queue)
+        domain = MeetingService(hub, media, **places)
+    hub.on_sent = metrics.events_sent.inc
     # The media plane counts in plain ints, in each worker; /metrics asks for fresh snapshots
     # and the collector sums them (the control plane's own loop lag included).
     control_stats = MediaStats()
@@ -280,10 +291,8 @@ def create_app(config: Config, media: MediaService | None = None) -> web.Applica
         meetings_active=lambda: domain.active_meetings,
         participants=lambda: domain.participant_count,
         websocket_sessions=lambda: hub.count,
-        waiting_users=store.count_waiting,
     )
     app[CONFIG] = config
-    app[STORE] = store
     app[HUB] = hub
     app[MEDIA] = media
     app[DOMAIN] = domain
@@ -304,12 +313,38 @@ def create_app(config: Config, media: MediaService | None = None) -> web.Applica
 
             add_demo_routes(app)
 
+    app.cleanup_ctx.append(_store_task)  # first: the tasks after it use the store
+    if config.cluster.redis_url:
+        app.cleanup_ctx.append(_cluster_task)
     app.cleanup_ctx.append(_media_events_task)
     app.cleanup_ctx.append(_expiry_task)
     app.cleanup_ctx.append(_loop_lag_task)
     app.on_shutdown.append(_close_websockets)
     app.on_cleanup.append(_close_state)
     return app
+
+
+async def _store_task(app: web.Application) -> AsyncIterator[None]:
+    """Opens the store (PostgreSQL: connected and migrated) and hands it to the domain. It is
+    closed in _close_state, after the media plane: sockets still closing may need it."""
+    store = await open_store(app[CONFIG])
+    try:
+        await app[DOMAIN].open(store)
+    except BaseException:
+        await store.close()
+        raise
+    app[STORE] = store
+    yield
+
+
+async def _cluster_task(app: web.Application) -> AsyncIterator[None]:
+    """Joins the cluster once the store is open; at shutdown (after the sockets closed) stops
+    this node's meetings, then leaves it."""
+    domain = app[DOMAIN]
+    assert isinstance(domain, ClusteredMeetingService)
+    await domain.start_cluster()
+    yield
+    await domain.stop_cluster()
 
 
 async def _expiry_task(app: web.Application) -> AsyncIterator[None]:
@@ -320,6 +355,8 @@ async def _expiry_task(app: web.Application) -> AsyncIterator[None]:
         while True:
             try:
                 await domain.expire()
+            except StoreUnavailable as exc:  # tried again at the next interval
+                log.warning("expiry check failed error=%s", exc)
             except Exception:
                 log.exception("expiry check failed")
             await asyncio.sleep(interval)
@@ -356,7 +393,9 @@ async def _close_websockets(app: web.Application) -> None:
 async def _close_state(app: web.Application) -> None:
     with contextlib.suppress(Exception):
         await app[MEDIA].close()
-    app[STORE].close()
+    store = app.get(STORE)
+    if store is not None:
+        await store.close()
 
 
 __all__ = ["create_app", "default_media", "error_response"]

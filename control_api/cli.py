@@ -15,6 +15,7 @@ from importlib import metadata
 from pathlib import Path
 
 from .auth import TokenAuthority, canonical_uuid, read_secret_file
+from .cluster.startup import check_cluster_settings
 from .config import ENV_PREFIX, Config, ConfigError, load_config
 from .logs import setup_logging
 from .preflight import StartupError, bind_error, check_storage
@@ -45,9 +46,7 @@ def _load(args: argparse.Namespace, warn: Callable[[str], None] | None = None) -
 def _serve(args: argparse.Namespace) -> int:
     warnings: list[str] = []
     config = _load(args, warnings.append)
-    if config.storage.database_url:
-        # control_api/storage has the PostgreSQL store; the domain moves onto it next (issue 11).
-        raise ConfigError("[storage] database_url: PostgreSQL is not served yet; leave it empty for SQLite")
+    check_cluster_settings(config)
     setup_logging(config.logging.level, config.logging.format)
     for line in warnings:  # logged once logging has its configured format
         log.warning(line)
@@ -68,11 +67,15 @@ def _serve(args: argparse.Namespace) -> int:
         return 3
     try:
         app = create_app(config)
-    except (OSError, sqlite3.Error) as exc:  # what check_storage could not foresee
-        where = getattr(exc, "filename", None) or config.database_path.absolute()
-        raise StartupError(f"[storage] data_dir: {where}: {getattr(exc, 'strerror', None) or exc}") from None
+    except OSError as exc:  # what check_storage could not foresee
+        raise _data_dir_error(config, exc) from None
     run(_run(app, config))
     return 0
+
+
+def _data_dir_error(config: Config, exc: OSError | sqlite3.Error) -> StartupError:
+    where = getattr(exc, "filename", None) or config.database_path.absolute()
+    return StartupError(f"[storage] data_dir: {where}: {getattr(exc, 'strerror', None) or exc}")
 
 
 async def _run(app, config: Config) -> None:  # noqa: ANN001
@@ -81,10 +84,17 @@ async def _run(app, config: Config) -> None:  # noqa: ANN001
 
     from .keys import MEDIA
     from .runner import AppRunner
+    from .storage import StoreUnavailable
 
     host, port = config.server.host, config.server.port
     runner = AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
+    try:
+        await runner.setup()  # opens the store (PostgreSQL: connects and migrates)
+    except StoreUnavailable as exc:
+        setting = "[storage] database_url" if config.storage.database_url else "[storage] data_dir"
+        raise StartupError(f"{setting}: {' '.join(str(exc).split())}") from None
+    except (OSError, sqlite3.Error) as exc:  # what check_storage could not foresee
+        raise _data_dir_error(config, exc) from None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -105,6 +105,33 @@ class StorageSettings:
             raise ConfigError("[storage] database_url: expected empty (SQLite) or a postgresql:// URL")
 
 
+_NODE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_PREFIX = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    redis_url: str = ""  # empty: a single node; redis://...: one of a cluster (DESIGN 9.2)
+    node_id: str = ""  # empty: a fresh id at each start
+    # Every Redis key and channel of the cluster starts with it: several clusters (or test runs)
+    # may share one redis-server (pub/sub channels are not scoped by Redis's database number).
+    key_prefix: str = "msfu:"
+    # The HTTP address other nodes and operators see in the node registry; empty: http://host:port.
+    advertise_url: str = ""
+
+    def __post_init__(self) -> None:
+        if not _PREFIX.fullmatch(self.key_prefix):
+            raise ConfigError(
+                f"[cluster] key_prefix: {self.key_prefix!r} must be 1-64 letters, digits, '.', '_', '-' or ':'"
+            )
+        if self.redis_url and self.redis_url.partition("://")[0] not in ("redis", "rediss", "unix"):
+            raise ConfigError(
+                "[cluster] redis_url: expected empty (a single node) or a redis://, rediss:// or unix:// URL"
+            )
+        if self.node_id and not _NODE_ID.fullmatch(self.node_id):
+            raise ConfigError(f"[cluster] node_id: {self.node_id!r} must be 1-64 letters, digits, '.', '_' or '-'")
+
+
 @dataclass(frozen=True)
 class RecordingSettings:
     dir: Annotated[str, PATH] = ""  # empty: <data_dir>/recordings
@@ -178,6 +205,7 @@ class Config:
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     demo: DemoSettings = field(default_factory=DemoSettings)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
 
     @property
     def data_path(self) -> Path:

@@ -1,6 +1,7 @@
 """Event delivery: open /events sockets, and who receives what (DESIGN section 4).
 
-The hub knows each socket's user and token grants; stored memberships come from the store. It
+The hub knows each socket's user and token grants; the stored memberships of a room come with
+each room event (the caller read them from the store: the hub never waits on a database). It
 holds no aiohttp objects: each socket is a `Session` with a bounded outgoing queue that the
 websocket handler drains. A socket too slow to drain its queue is closed, never buffered forever.
 """
@@ -14,8 +15,6 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-
-from .store import Store
 
 
 def now_utc() -> datetime:
@@ -57,8 +56,7 @@ class Session:
 class EventHub:
     """Routes events to sockets: by user, by queue, to room members or room owners."""
 
-    def __init__(self, store: Store, max_queue: int = 1024) -> None:
-        self._store = store
+    def __init__(self, max_queue: int = 1024) -> None:
         self._max_queue = max_queue
         self._by_queue: dict[str, Session] = {}
         self._by_user: dict[str, set[Session]] = defaultdict(set)
@@ -105,8 +103,7 @@ class EventHub:
             targets |= self._by_user.get(uid, set())
         self._deliver(targets, event)
 
-    def _room_sessions(self, room_id: str, owners_only: bool) -> set[Session]:
-        stored = self._store.members_of_room(room_id)
+    def _room_sessions(self, room_id: str, stored: Mapping[str, str], owners_only: bool) -> set[Session]:
         targets: set[Session] = set()
         for session in self._by_queue.values():
             role = session.grants.get(room_id)
@@ -118,17 +115,20 @@ class EventHub:
                 targets.add(session)
         return targets
 
-    def to_room_members(self, room_id: str, event: dict[str, Any], also: Iterable[str] = ()) -> None:
-        """Room members, plus every socket of the users in `also` (e.g. waiting users)."""
-        targets = self._room_sessions(room_id, owners_only=False)
+    def to_room_members(
+        self, room_id: str, event: dict[str, Any], stored: Mapping[str, str], also: Iterable[str] = ()
+    ) -> None:
+        """Room members (by each socket's grants and the room's `stored` memberships, user id ->
+        role), plus every socket of the users in `also` (e.g. waiting users)."""
+        targets = self._room_sessions(room_id, stored, owners_only=False)
         for uid in also:
             targets |= self._by_user.get(uid, set())
         self._deliver(targets, event)
 
     def to_room_owners(
-        self, room_id: str, event: dict[str, Any], also_queue: str | None = None
+        self, room_id: str, event: dict[str, Any], stored: Mapping[str, str], also_queue: str | None = None
     ) -> None:
-        targets = self._room_sessions(room_id, owners_only=True)
+        targets = self._room_sessions(room_id, stored, owners_only=True)
         if also_queue and also_queue in self._by_queue:
             targets.add(self._by_queue[also_queue])
         self._deliver(targets, event)

@@ -13,9 +13,9 @@ from sfu.api import MediaError
 from sfu.peer import parse_session_description
 
 from .auth import Principal
-from .domain import ACCEPTED, REJECTED, MeetingService, media_status
 from .errors import ApiError, bad_request
 from .keys import DOMAIN, HUB, METRICS, PRINCIPAL, WEBSOCKETS
+from .meetings import ACCEPTED, REJECTED, MeetingService, media_status
 from .responses import json_response
 from .validation import Body, parse_json_object, path_uuid, safe_path_component
 
@@ -63,11 +63,11 @@ def _no_content() -> web.Response:
 
 
 async def get_public_meeting(request: web.Request) -> web.Response:
-    return _json(_domain(request).public_meeting(_meeting_id(request)))
+    return _json(await _domain(request).public_meeting(_meeting_id(request)))
 
 
 async def list_meetings(request: web.Request) -> web.Response:
-    return _json(_domain(request).list_meetings(_principal(request)))
+    return _json(await _domain(request).list_meetings(_principal(request)))
 
 
 async def create_meeting(request: web.Request) -> web.Response:
@@ -76,14 +76,14 @@ async def create_meeting(request: web.Request) -> web.Response:
     room_id = body.uuid("roomId", required=False)
     meeting_type = body.enum("meetingType", MEETING_TYPES)
     expiration = body.datetime("expiration", required=False)
-    meeting = _domain(request).create_meeting(
+    meeting = await _domain(request).create_meeting(
         _principal(request), name, meeting_type, room_id, expiration  # type: ignore[arg-type]
     )
     return _json(meeting)
 
 
 async def get_meeting(request: web.Request) -> web.Response:
-    return _json(_domain(request).get_meeting(_principal(request), _meeting_id(request)))
+    return _json(await _domain(request).get_meeting(_principal(request), _meeting_id(request)))
 
 
 async def delete_meeting(request: web.Request) -> web.Response:
@@ -118,7 +118,7 @@ async def leave_meeting(request: web.Request) -> web.Response:
 
 
 async def get_queue(request: web.Request) -> web.Response:
-    return _json(_domain(request).get_queue(_principal(request), _meeting_id(request)))
+    return _json(await _domain(request).get_queue(_principal(request), _meeting_id(request)))
 
 
 async def update_queued_user(request: web.Request) -> web.Response:
@@ -149,29 +149,21 @@ async def answer_media(request: web.Request) -> web.Response:
     return _no_content()
 
 
-def _streams(items: list[Body]) -> list[tuple[str, str]]:
-    return [(s.uuid("userId"), s.enum("type", STREAM_TYPES)) for s in items]  # type: ignore[misc]
-
-
-def _qualities(items: list[Body]) -> dict[tuple[str, str], str]:
-    """The optional `quality` of subscribe items (DESIGN §6.1 extension), by (userId, type)."""
-    out: dict[tuple[str, str], str] = {}
-    for s in items:
-        quality = s.enum("quality", QUALITIES, required=False)
-        if quality is not None:
-            out[(s.uuid("userId"), s.enum("type", STREAM_TYPES))] = quality  # type: ignore[index]
-    return out
+def _streams(items: list[Body]) -> list[tuple[str, str, str | None]]:
+    """(userId, type, quality): the optional `quality` is a subscribe item's simulcast cap
+    (DESIGN §6.1 extension)."""
+    return [
+        (s.uuid("userId"), s.enum("type", STREAM_TYPES), s.enum("quality", QUALITIES, required=False))
+        for s in items
+    ]  # type: ignore[misc]
 
 
 async def update_subscriptions(request: web.Request) -> web.Response:
     meeting_id = _meeting_id(request)
     body = await _body(request)
     subscribe = _streams(body.objects("subscribe"))  # type: ignore[arg-type]
-    unsubscribe = _streams(body.objects("unsubscribe"))  # type: ignore[arg-type]
-    qualities = _qualities(body.objects("subscribe") + body.objects("unsubscribe"))  # type: ignore[operator]
-    await _domain(request).update_subscriptions(
-        _principal(request), meeting_id, subscribe, unsubscribe, qualities
-    )
+    unsubscribe = [(u, k) for u, k, _ in _streams(body.objects("unsubscribe"))]  # type: ignore[arg-type]
+    await _domain(request).update_subscriptions(_principal(request), meeting_id, subscribe, unsubscribe)
     return _no_content()
 
 
@@ -232,6 +224,8 @@ async def events(request: web.Request) -> web.StreamResponse:
         asyncio.ensure_future(cut())
 
     session.on_overflow = overflow
+    # Known to the whole cluster before its id is given out: a join through any node finds it.
+    await _domain(request).socket_opened(queue_id, principal.user_id)
     session.push({"type": "websocketConnected", "queueId": queue_id})
     request.app[WEBSOCKETS].add(ws)
     log.info("events socket opened user=%s queue=%s", principal.user_id, queue_id)

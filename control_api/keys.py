@@ -13,13 +13,13 @@ if TYPE_CHECKING:
     from .app import ReportBox
     from .auth import TokenAuthority
     from .config import Config
-    from .domain import MeetingService
     from .events import EventHub
+    from .meetings import MeetingService
     from .metrics import ControlMetrics
-    from .store import Store
+    from .storage import AsyncStore
 
 CONFIG: web.AppKey["Config"] = web.AppKey("config")
-STORE: web.AppKey["Store"] = web.AppKey("store")
+STORE: web.AppKey["AsyncStore"] = web.AppKey("store")
 HUB: web.AppKey["EventHub"] = web.AppKey("hub")
 DOMAIN: web.AppKey["MeetingService"] = web.AppKey("domain")
 MEDIA: web.AppKey["MediaService"] = web.AppKey("media")

@@ -54,10 +54,9 @@ class ControlMetrics:
         meetings_active: Callable[[], float],
         participants: Callable[[], float],
         websocket_sessions: Callable[[], float],
-        waiting_users: Callable[[], float],
     ) -> None:
-        """Gauges read their values from the live state when scraped."""
+        """Gauges read their values from the live state when scraped (waiting_users, which is
+        in the store, is set by the /metrics handler: a gauge's function cannot await)."""
         self.meetings_active.set_function(meetings_active)
         self.participants.set_function(participants)
         self.websocket_sessions.set_function(websocket_sessions)
-        self.waiting_users.set_function(waiting_users)

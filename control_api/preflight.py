@@ -27,6 +27,8 @@ def check_storage(config: Config) -> None:
     _writable_dir(config.data_path, "[storage] data_dir")
     if config.recording.dir:
         _writable_dir(config.recording_path, "[recording] dir")
+    if config.storage.database_url:
+        return  # PostgreSQL: connected (and migrated) when the app starts
     db = config.database_path.absolute()
     try:
         conn = sqlite3.connect(db, timeout=5, isolation_level=None)

@@ -218,28 +218,52 @@ class RedisServer:
     """One redis-server without persistence, in a temporary directory."""
 
     def __init__(self, binary: str) -> None:
+        self.binary = binary
         self.root = Path(tempfile.mkdtemp(prefix="sfu-redis-"))
         self.log = self.root / "redis.log"
         self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+        try:
+            self.start()
+        except RuntimeError:
+            self.close()
+            raise
+
+    def start(self) -> None:
+        """Starts redis-server (again, on the same port after a stop) and waits until it listens."""
         with open(self.log, "ab") as log:
-            self.proc: subprocess.Popen | None = subprocess.Popen(
+            self.proc = subprocess.Popen(
                 [
-                    binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                    self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
                     "--appendonly", "no", "--dir", str(self.root), "--daemonize", "no",
                 ],
                 stdout=log, stderr=subprocess.STDOUT, cwd=self.root,
             )
-        try:
-            _wait_port(self.port, self.proc, "redis-server", self.log)
-        except RuntimeError:
-            self.close()
-            raise
+        _wait_port(self.port, self.proc, "redis-server", self.log)
+
+    def kill(self) -> None:
+        """SIGKILL, as in a crash: connections are cut and, without persistence, the data is gone."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+    def pause(self) -> None:
+        """SIGSTOP: it keeps its socket open and answers nothing."""
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGCONT)
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGCONT)  # a paused server cannot act on SIGTERM
         _stop(self.proc, signal.SIGTERM)
         self.proc = None
         shutil.rmtree(self.root, ignore_errors=True)

@@ -4,12 +4,21 @@
 from __future__ import annotations
 
 from ..config import Config
-from ..store import DB_FILENAME
 from .interface import AsyncStore, StoreConflict, StoreUnavailable
 from .postgres import PostgresStore
-from .sqlite import SqliteStore
+from .rows import MeetingRow, RecordingRow, WaitingRow
+from .sqlite import DB_FILENAME, SqliteStore
 
-__all__ = ["AsyncStore", "StoreConflict", "StoreUnavailable", "open_store"]
+__all__ = [
+    "DB_FILENAME",
+    "AsyncStore",
+    "MeetingRow",
+    "RecordingRow",
+    "StoreConflict",
+    "StoreUnavailable",
+    "WaitingRow",
+    "open_store",
+]
 
 
 async def open_store(config: Config) -> AsyncStore:

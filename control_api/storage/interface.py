@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Protocol
 
-from ..store import MeetingRow, RecordingRow, WaitingRow
+from .rows import MeetingRow, RecordingRow, WaitingRow
 
 
 class StoreUnavailable(Exception):
@@ -37,8 +37,9 @@ class AsyncStore(Protocol):
         """user id -> role."""
 
     # meetings
-    async def insert_meeting(self, row: MeetingRow) -> None:
-        """Creates the room if needed; StoreConflict when the id or the room has a meeting already."""
+    async def insert_meeting(self, row: MeetingRow, owner: str | None = None) -> None:
+        """Creates the room if needed, and makes `owner` (if given) its owner, in the same
+        transaction; StoreConflict when the id or the room has a meeting already."""
     async def delete_meeting(self, meeting_id: str) -> None:
         """Its waiting queue goes with it."""
     async def get_meeting(self, meeting_id: str) -> MeetingRow | None: ...

@@ -18,9 +18,9 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
-from ..store import MeetingRow, RecordingRow, WaitingRow
 from .interface import StoreConflict, StoreUnavailable
 from .migrations import migrate
+from .rows import MeetingRow, RecordingRow, WaitingRow
 
 T = TypeVar("T")
 
@@ -184,7 +184,7 @@ class PostgresStore:
         return {r["user_id"]: r["role"] for r in rows}
 
     # meetings
-    async def insert_meeting(self, row: MeetingRow) -> None:
+    async def insert_meeting(self, row: MeetingRow, owner: str | None = None) -> None:
         async def op(conn: asyncpg.Connection) -> None:
             async with conn.transaction():
                 await conn.execute(
@@ -192,6 +192,13 @@ class PostgresStore:
                     row.room_id,
                     row.created_at,
                 )
+                if owner is not None:
+                    await conn.execute(
+                        "INSERT INTO room_members (room_id, user_id, role) VALUES ($1, $2, 'owner') "
+                        "ON CONFLICT (room_id, user_id) DO UPDATE SET role = 'owner'",
+                        row.room_id,
+                        owner,
+                    )
                 await conn.execute(
                     f"INSERT INTO meetings ({_MEETING_COLS}) VALUES ($1, $2, $3, $4, $5, $6)",
                     row.id,

@@ -109,6 +109,17 @@ def _database_not_sqlite(tmp_path, stack):
     return {}, ["[storage] data_dir", "meeting-sfu.sqlite3", "not a database"]
 
 
+def _database_url_unreachable(tmp_path, stack):
+    port = _free_port()  # nobody listens there
+    url = f"postgresql://sfu:secret@127.0.0.1:{port}/sfu"
+    stack.append(lambda: _no_sqlite_file(tmp_path))  # PostgreSQL configured: no SQLite stands in
+    return {"MEETING_SFU_STORAGE_DATABASE_URL": url}, ["[storage] database_url", f"127.0.0.1:{port}/sfu"]
+
+
+def _no_sqlite_file(tmp_path):
+    assert not (tmp_path / "data" / "meeting-sfu.sqlite3").exists()
+
+
 def _unknown_log_level(tmp_path, stack):
     return {"MEETING_SFU_LOGGING_LEVEL": "verbose"}, ["MEETING_SFU_LOGGING_LEVEL", "'verbose'", "debug, info"]
 
@@ -136,6 +147,7 @@ def _bad_boolean(tmp_path, stack):
         _recording_dir_is_a_file,
         _database_immutable,
         _database_not_sqlite,
+        _database_url_unreachable,
         _unknown_log_level,
         _port_out_of_range,
         _port_zero,
@@ -227,3 +239,59 @@ def test_scripts_serve_finds_the_config_in_the_callers_directory(tmp_path):
     # The file was read (its port is refused), from the caller's directory, not the repository.
     assert f"[server] port (in {tmp_path / 'mine.toml'})" in proc.stderr
     assert "99999" in proc.stderr
+
+
+def _http(method: str, url: str, token: str, body: dict | None = None) -> tuple[int, object]:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method, headers={"Authorization": f"Bearer {token}"})
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    with urllib.request.urlopen(request, timeout=10) as r:
+        return r.status, json.loads(r.read() or b"null")
+
+
+@pytest.mark.timeout(120)
+def test_serve_on_postgresql_keeps_its_state_there(tmp_path, postgres_server):
+    """A single node may serve on PostgreSQL (DESIGN §9.2): what it answered is in the database,
+    found again by a node started afterwards with another data directory, and no SQLite file
+    stands in for it."""
+    import asyncio
+
+    from control_api.auth import TokenAuthority
+    from tests.control_api.test_storage import fresh_database
+
+    url = asyncio.run(fresh_database(postgres_server))
+    secret = "s" * 48
+    token = TokenAuthority(secret).mint("00000000-0000-4000-8000-000000000001")
+    created = None
+    for data_dir in ("a", "b"):
+        port = _free_port()
+        env = _env(
+            MEETING_SFU_SERVER_PORT=str(port),
+            MEETING_SFU_STORAGE_DATA_DIR=str(tmp_path / data_dir),
+            MEETING_SFU_STORAGE_DATABASE_URL=url,
+            MEETING_SFU_AUTH_JWT_SECRET=secret,
+            MEETING_SFU_MEDIA_WORKERS="1",
+        )
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "control_api.cli", "serve"],
+            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )
+        try:
+            _read_until(proc, "serving")
+            base = f"http://127.0.0.1:{port}"
+            if created is None:
+                status, created = _http("POST", base + "/meetings", token, {"name": "pg", "meetingType": "permanent"})
+                assert status == 200
+            else:
+                status, listed = _http("GET", base + "/meetings", token)
+                assert status == 200 and [m["id"] for m in listed] == [created["id"]]  # type: ignore[index]
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        assert proc.returncode == 0
+        assert not (tmp_path / data_dir / "meeting-sfu.sqlite3").exists()

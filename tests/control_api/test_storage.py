@@ -17,10 +17,9 @@ import asyncpg
 import pytest
 
 from control_api.config import Config, ConfigError, load_config
-from control_api.storage import AsyncStore, StoreConflict, StoreUnavailable, open_store
+from control_api.storage import DB_FILENAME, AsyncStore, MeetingRow, StoreConflict, StoreUnavailable, open_store
 from control_api.storage.migrations import MIGRATIONS, migrate
 from control_api.storage.postgres import PostgresStore
-from control_api.store import DB_FILENAME, MeetingRow
 from tests.servers import PostgresServer
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -88,11 +87,10 @@ def meeting(room_id: str | None = None, *, created_at: datetime = T0, **kw: obje
     return MeetingRow(**fields)  # type: ignore[arg-type]
 
 
-def test_both_backends_implement_every_operation_of_the_sync_store() -> None:
+def test_both_backends_implement_every_operation_of_the_sqlite_sql() -> None:
     import inspect
 
-    from control_api.storage.sqlite import SqliteStore
-    from control_api.store import Store
+    from control_api.storage.sqlite import SqliteDb, SqliteStore
 
     def operations(cls: type) -> dict[str, inspect.Signature]:
         return {
@@ -102,7 +100,7 @@ def test_both_backends_implement_every_operation_of_the_sync_store() -> None:
         }
 
     wanted = operations(AsyncStore)  # type: ignore[type-abstract]
-    assert set(wanted) == set(operations(Store))
+    assert set(wanted) == set(operations(SqliteDb))
     for backend in (SqliteStore, PostgresStore):
         got = operations(backend)
         for name, signature in wanted.items():
@@ -163,6 +161,28 @@ async def test_one_meeting_per_room_and_per_id(store: AsyncStore) -> None:
         await store.insert_meeting(meeting("room-b", id=first.id))
     assert await store.meeting_of_room("room-b") is None
     assert await store.get_meeting(first.id) == first
+
+
+async def test_a_new_meeting_and_its_owner_are_one_transaction(store: AsyncStore) -> None:
+    first = meeting()
+    await store.insert_meeting(first, owner="olga")
+    assert await store.members_of_room(first.room_id) == {"olga": "owner"}
+    # A room that has its meeting already: refused, and no membership slips in.
+    with pytest.raises(StoreConflict):
+        await store.insert_meeting(meeting(first.room_id), owner="mallory")
+    assert await store.members_of_room(first.room_id) == {"olga": "owner"}
+    await store.add_member("r2", "max", "member")
+    await store.insert_meeting(meeting("r2"), owner="max")  # an owner is never less
+    assert await store.members_of_room("r2") == {"max": "owner"}
+
+
+async def test_a_closed_store_is_unavailable_not_a_crash(backend: Backend) -> None:
+    """A socket that closes during the node's shutdown may still ask (who is in the room)."""
+    store = await backend.open()
+    await store.close()
+    with pytest.raises(StoreUnavailable):
+        await store.members_of_room("r1")
+    await store.close()  # twice is harmless
 
 
 async def test_meetings_of_rooms_oldest_first_over_many_rooms(store: AsyncStore) -> None:
@@ -517,19 +537,6 @@ def test_database_url_defaults_to_sqlite_and_takes_only_postgresql(tmp_path: Pat
     assert load_config(env={"MEETING_SFU_STORAGE_DATABASE_URL": url}).storage.database_url == url
     with pytest.raises(ConfigError, match="database_url"):
         load_config(env={"MEETING_SFU_STORAGE_DATABASE_URL": "mysql://x@y/z"})
-
-
-def test_serve_refuses_database_url_until_the_domain_uses_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """Rather than keep state in SQLite while PostgreSQL is configured."""
-    from control_api.cli import main
-
-    monkeypatch.setenv("MEETING_SFU_STORAGE_DATA_DIR", str(tmp_path))
-    monkeypatch.setenv("MEETING_SFU_STORAGE_DATABASE_URL", "postgresql://sfu@127.0.0.1:1/sfu")
-    assert main(["serve"]) == 2
-    assert "database_url" in capsys.readouterr().err
-    assert not (tmp_path / DB_FILENAME).exists()
 
 
 async def test_sqlite_store_lives_in_data_dir(tmp_path: Path) -> None:

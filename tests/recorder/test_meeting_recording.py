@@ -235,7 +235,7 @@ async def test_two_publishers_one_late_recorded_into_one_file(server):
     assert len(good_b) >= 0.9 * b["packets"] and good_b == sorted(good_b)
     assert good_a[0] < alice_sent_at_late
 
-    rows = server.app[STORE].recordings(meeting_id)
+    rows = await server.app[STORE].recordings(meeting_id)
     assert len(rows) == 1
     row = rows[0]
     assert row.status == "STOPPED" and row.starter_id == alice
@@ -266,7 +266,7 @@ async def test_meeting_stop_while_recording_finalises_to_fallback(server):
     assert len(final.stem) == len("20260101T000000Z") and final.stem.endswith("Z")
     streams = _streams(final)
     assert streams[f"{alice}/video"]["packets"] >= 20
-    (row,) = server.app[STORE].recordings(meeting_id)
+    (row,) = await server.app[STORE].recordings(meeting_id)
     assert row.status == "STOPPED" and row.path == str(final)
 
 

@@ -53,7 +53,7 @@ async def test_recordings_stopped_at_once_with_one_name_keep_both(server):  # no
     files = sorted(folder.iterdir())
     names = ["weekly.mkv"] + [f"weekly-{n}.mkv" for n in range(1, 2 * ROUNDS)]
     assert sorted(p.name for p in files) == sorted(names)  # no temporary file left either
-    rows = [r for _, _, m, _, _ in meetings for r in server.app[STORE].recordings(m)]
+    rows = [r for _, _, m, _, _ in meetings for r in await server.app[STORE].recordings(m)]
     assert len(rows) == 2 * ROUNDS
     assert sorted(r.path for r in rows) == sorted(str(folder / n) for n in names)
     for row in rows:
@@ -65,7 +65,7 @@ async def test_recordings_stopped_at_once_with_one_name_keep_both(server):  # no
         assert title.removesuffix("/video") in owners
     # Each meeting's rows name files holding its own publisher's track.
     for owner, _, meeting_id, _, _ in meetings:
-        for row in server.app[STORE].recordings(meeting_id):
+        for row in await server.app[STORE].recordings(meeting_id):
             assert set(_streams(row.path)) == {f"{owner}/video"}
 
 
@@ -108,5 +108,5 @@ async def test_names_too_long_for_the_file_system_are_refused_and_the_recording_
     assert taken.read_bytes() == b"older"
     final = taken.with_name(f"{longest}-1.mkv")
     assert _video_frames(final) >= 20
-    (row,) = server.app[STORE].recordings(meeting_id)
+    (row,) = await server.app[STORE].recordings(meeting_id)
     assert row.status == "STOPPED" and row.path == str(final)

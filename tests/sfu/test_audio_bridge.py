@@ -16,7 +16,7 @@ import pytest
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
-from control_api.domain import media_status
+from control_api.meetings import media_status
 from sfu import aiortc_hooks
 from sfu.api import MediaError
 from sfu.audio import AudioBridge, AudioSettings

@@ -10,7 +10,7 @@ import av
 import numpy as np
 import pytest
 
-from control_api.domain import media_status
+from control_api.meetings import media_status
 from sfu.api import MediaError, TalkingChanged
 
 from .clients import eventually

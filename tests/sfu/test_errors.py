@@ -2,7 +2,7 @@
 
 import pytest
 
-from control_api.domain import media_status
+from control_api.meetings import media_status
 from sfu import aiortc_hooks
 from sfu.api import MediaError, StreamRef
 

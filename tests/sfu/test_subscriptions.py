@@ -1,6 +1,6 @@
 """The receive PC: one m-line per stream, renegotiated in place, inactive m-lines reused."""
 
-from control_api.domain import media_status
+from control_api.meetings import media_status
 from sfu.api import StreamRef
 
 from .clients import Publisher, Subscriber, assert_counters_match, bounded
