@@ -136,7 +136,10 @@ class TakeoverWatcher:
             with contextlib.suppress(ClusterUnavailable):
                 await self.claims.hand_back(meeting_id, self.node_id, dead)
             return False
-        await self.roster.clear(meeting_id)
-        await self.claims.release(meeting_id, self.node_id)
+        # Unless the meeting was started again here meanwhile (the callback may release the claim
+        # before it tells anyone the meeting stopped): then the claim and roster are the new run's.
+        if self._local_meetings is None or meeting_id not in set(self._local_meetings()):
+            await self.roster.clear(meeting_id)
+            await self.claims.release(meeting_id, self.node_id)
         self.taken.append(meeting_id)
         return True

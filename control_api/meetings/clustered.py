@@ -419,6 +419,10 @@ class ClusteredMeetingService(MeetingService):
             stored = await self.store.members_of_room(row.room_id)
             waiting = [w.user_id for w in await self.store.waiting_of_meeting(meeting_id)]
             await self.store.clear_waiting(meeting_id)
+            # The claim goes before STOPPED does: whoever reads STOPPED may start it again at once,
+            # and a start must not find the claim still held for the meeting that stopped.
+            await self.node.roster.clear(meeting_id)
+            await self.node.claims.release(meeting_id, self.node.node_id)
             for user_id in sorted(roster):
                 self.hub.to_room_members(
                     row.room_id, make_event("MEETING_PARTICIPANT_LEFT", meetingId=meeting_id, userId=user_id), stored

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncpg
 
-# Same tables as control_api/store.py's SQLite schema; times are timestamptz, and the waiting
+# Same tables as the SQLite schema (control_api/storage/sqlite.py); times are timestamptz, and the waiting
 # queue keeps its order in `seq` (SQLite uses rowid).
 MIGRATIONS: tuple[tuple[int, str], ...] = (
     (
