@@ -43,6 +43,16 @@ def _serve(cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedPr
     )
 
 
+def _terminate(proc: subprocess.Popen) -> None:
+    """SIGTERM, as an operator stops the node; SIGKILL only if it does not end in 15 s."""
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
 def _immutable(path: Path) -> None:
     """chattr +i: even root cannot write there (permission bits do not stop root)."""
     if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
@@ -217,12 +227,7 @@ def test_serving_is_logged_once_bound_with_the_urls_and_unknown_variables_warn(t
         with urllib.request.urlopen(serving["url"] + "/health", timeout=5) as r:
             assert r.status == 200
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        _terminate(proc)
     assert proc.returncode == 0
 
 
@@ -287,11 +292,6 @@ def test_serve_on_postgresql_keeps_its_state_there(tmp_path, postgres_server):
                 status, listed = _http("GET", base + "/meetings", token)
                 assert status == 200 and [m["id"] for m in listed] == [created["id"]]  # type: ignore[index]
         finally:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+            _terminate(proc)
         assert proc.returncode == 0
         assert not (tmp_path / data_dir / "meeting-sfu.sqlite3").exists()
