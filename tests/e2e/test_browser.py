@@ -426,7 +426,9 @@ async def test_two_browsers_see_each_other(server, browser):
     await alice.click("#record")
     await alice.page.wait_for_selector("#recording", state="visible")
     await bob.page.wait_for_selector("#recording", state="visible")  # everyone is told
-    await asyncio.sleep(1.5)
+    # Each track enters the file at its first keyframe, asked for when recording starts (and
+    # throttled to one request per 500 ms per publisher): 3 s leaves room on a loaded machine.
+    await asyncio.sleep(3.0)
     await alice.click("#record")
     await alice.page.wait_for_selector("#recording", state="hidden")
     toast = await alice.page.wait_for_selector("#toast")

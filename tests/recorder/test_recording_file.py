@@ -44,6 +44,9 @@ def test_two_publishers_one_late_and_audio_mix(tmp_path):
     a, b = VideoSource("vp8", 1), VideoSource("h264", 2)
     audio = OpusSource()
     rec.add_video_track("a", "video/VP8", "alice/video", lambda: keyframes.append("a"))
+    # Paced by a deadline per frame, not a sleep after each one: encoding takes time of its own,
+    # and on a loaded machine 60 sleeps of 1/30 s would stretch the timeline past 2 s.
+    t0 = time.monotonic()
     for i in range(60):  # 2 s of video at 30 fps, 50 audio packets a second
         if i == 30:
             rec.add_video_track("b", "video/H264", "bob/screen", lambda: keyframes.append("b"))
@@ -55,7 +58,7 @@ def test_two_publishers_one_late_and_audio_mix(tmp_path):
         for _ in range(2 if i % 3 else 1):
             payload, ts = audio.next_packet()
             rec.feed_opus("mix", payload, ts)
-        time.sleep(1 / 30)
+        time.sleep(max(0.0, t0 + (i + 1) / 30 - time.monotonic()))
     final = tmp_path / "out" / "meeting.mkv"
     size = rec.finalize(final)
     assert size == final.stat().st_size > 0
