@@ -313,6 +313,12 @@ async def run_once(
             target.process.stop()
         if target is not None and target.cluster is not None:
             target.cluster.stop()
+            # What each node logged (warnings and errors: the nodes log at warning) up to its stop
+            # (the last MB of it).
+            for node, process in zip(result.get("cluster", {}).get("nodes", []), target.cluster.nodes, strict=False):
+                lines = process.last_log.splitlines()
+                node["log_lines"] = len(lines)
+                node["log_tail"] = lines[-10:]
 
 
 def cluster_record(cluster: Cluster, specs: list[Any]) -> dict[str, Any]:

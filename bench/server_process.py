@@ -84,6 +84,7 @@ class ServerProcess:
             start_new_session=True,
         )
         self.pid = self.proc.pid
+        self.last_log = ""
 
     async def wait_ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
@@ -111,6 +112,7 @@ class ServerProcess:
             return ""
 
     def stop(self) -> None:
+        """SIGTERM (SIGKILL after 10 s), then the log is kept in `last_log` and the directory removed."""
         if self.proc.poll() is None:
             os.kill(self.pid, signal.SIGTERM)
             try:
@@ -119,6 +121,7 @@ class ServerProcess:
                 os.kill(self.pid, signal.SIGKILL)
                 self.proc.wait(5)
         self._log.close()
+        self.last_log = self.log_tail(1_000_000)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

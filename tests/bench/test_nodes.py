@@ -58,6 +58,8 @@ def test_two_nodes_each_forward_their_own_meeting_and_every_process_is_gone_afte
     # Meeting i started through node i % 2 runs there: its clients call it, it sends the media.
     assert [n["meetings"] for n in nodes] == [1, 1]
     assert all(n["rtp_out_pps"] > 0 for n in nodes), nodes
+    # Neither node logged an error, up to and through its stop (they log at warning).
+    assert [line for n in nodes for line in n["log_tail"] if "level=error" in line or "Traceback" in line] == []
     # The server CPU is both nodes' (each rounded to 1e-3).
     assert run["server_cpu_cores"] == pytest.approx(sum(n["cpu_cores"] for n in nodes), abs=0.003)
 
