@@ -163,8 +163,8 @@ class Cluster:
                     "MEETING_SFU_CLUSTER_KEY_PREFIX": self.prefix,
                     "MEETING_SFU_MEDIA_WORKERS": str(workers),
                 }
-                if udp_port:
-                    env["MEETING_SFU_MEDIA_UDP_PORT"] = str(udp_port + i * workers)
+                if udp_port:  # worker k of a node binds its udp_port + k (workers 0: one per CPU)
+                    env["MEETING_SFU_MEDIA_UDP_PORT"] = str(udp_port + i * (workers or os.cpu_count() or 1))
                 self.nodes.append(ServerProcess("sfu", bitrate, secret=self.secret, extra_env=env))
         except BaseException:
             self.stop()
