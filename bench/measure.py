@@ -63,14 +63,20 @@ async def start_target(options: argparse.Namespace, kind: str, label: str, progr
     if kind == "sfu" and getattr(options, "nodes", 1) > 1:
         cluster = Cluster(options.nodes, options.bitrate)
         progress.show(f"{label}: starting {options.nodes} nodes (pids {' '.join(map(str, cluster.pids))})")
-        target = Target(cluster.urls[0], cluster.secret, None, cluster=cluster)
-        await cluster.wait_ready()
-        return target
+        try:
+            await cluster.wait_ready()
+        except BaseException:  # never returned, so never stopped by the caller
+            cluster.stop()
+            raise
+        return Target(cluster.urls[0], cluster.secret, None, cluster=cluster)
     server = ServerProcess(kind, options.bitrate)
-    target = Target(server.url, server.secret, server.pid, server)
     progress.show(f"{label}: starting the server (pid {server.pid})")
-    await server.wait_ready()
-    return target
+    try:
+        await server.wait_ready()
+    except BaseException:
+        server.stop()
+        raise
+    return Target(server.url, server.secret, server.pid, server)
 
 
 async def set_up(
