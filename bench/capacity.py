@@ -1,10 +1,11 @@
-"""Capacity: how many forwarded packets/s a node sustains, with 1 and with 2 media workers.
+"""Capacity: how many forwarded packets/s a node sustains, with 1 and with 2 media workers, or
+what 2 nodes of 1 worker each carry against 1 node.
 
-For each `--workers` value, meetings of 1 publisher -> K subscribers are added one step at a
-time (`meeting-sfu bench --meetings M`, a fresh server each time) until a run loses more than
-`--max-loss` % of packets or a subscriber's stream falls below `--min-fps`; the highest forwarded
-packets/s of a run that held is the capacity. The server does all its work (SRTP, RTCP, NACK/RTX,
-metrics); the load generator, on the same cores, is kept light:
+For each `--workers` value (or each `--nodes` value), meetings of 1 publisher -> K subscribers
+are added one step at a time (`meeting-sfu bench --meetings M`, a fresh server each time) until a
+run loses more than `--max-loss` % of packets or a subscriber's stream falls below `--min-fps`;
+the highest forwarded packets/s of a run that held is the capacity. The server does all its work
+(SRTP, RTCP, NACK/RTX, metrics); the load generator, on the same cores, is kept light:
 
 * publishers replay a VP8 clip encoded once per client process (no real-time encoder each);
 * one subscriber in the whole run decodes (fps, forwarding latency); every other one is light:
@@ -14,7 +15,14 @@ metrics); the load generator, on the same cores, is kept light:
 Each step reports the generator's CPU per received packet beside the server's CPU per forwarded
 packet, and the load average before it (other work on the machine skews a capacity figure).
 
+`--nodes 1,2` is the other axis: nodes=1 is one node with `[media] workers = 1`, nodes=2 a
+cluster of two such nodes on this machine (`bench.load --nodes 2`: a redis-server and a
+PostgreSQL of its own, meeting i on node i % 2, each meeting's clients calling its owner, so no
+call is relayed on the media path), the server CPU summed over both. Same stepping and held
+rules; on one machine the two nodes share its cores with each other and with the generator.
+
     .venv/bin/python -m bench.capacity --workers 1,2 --json bench/results/capacity.json
+    .venv/bin/python -m bench.capacity --nodes 1,2 --subscribers 75 --json bench/results/capacity-nodes.json
 """
 
 from __future__ import annotations
@@ -32,7 +40,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def one_run(workers: int, meetings: int, options: argparse.Namespace) -> dict[str, Any]:
+def one_run(value: int, meetings: int, options: argparse.Namespace) -> dict[str, Any]:
+    """One step: `value` is the workers of the one node, or (the nodes axis) the nodes of 1 worker each."""
+    nodes, workers = (value, 1) if options.axis == "nodes" else (1, value)
     with tempfile.TemporaryDirectory(prefix="meeting-sfu-capacity-") as tmp:
         out = Path(tmp) / "run.json"
         cmd = [
@@ -51,16 +61,18 @@ def one_run(workers: int, meetings: int, options: argparse.Namespace) -> dict[st
             "--width", str(options.width),
             "--height", str(options.height),
             "--processes", str(options.processes),
+            "--nodes", str(nodes),
             "--quiet",
             "--json", str(out),
         ]
         env = {**os.environ, "MEETING_SFU_MEDIA_WORKERS": str(workers)}
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
         if not out.exists():
-            return {"workers": workers, "meetings": meetings, "failed": proc.stderr[-500:]}
+            return {"workers": workers, "nodes": nodes, "meetings": meetings, "failed": proc.stderr[-500:]}
         report = json.loads(out.read_text())
     run = report["runs"][0]
     run["workers"] = workers
+    run["nodes"] = nodes
     return run
 
 
@@ -79,30 +91,38 @@ def held(run: dict[str, Any], options: argparse.Namespace) -> bool:
     )
 
 
-def describe(run: dict[str, Any], ok: bool) -> str:
+def describe(run: dict[str, Any], ok: bool, axis: str = "workers") -> str:
+    where = f"{axis}={run[axis]}"
     if "failed" in run:
-        return f"workers={run['workers']} meetings={run['meetings']} FAILED to run: {run['failed'][-200:]}"
+        return f"{where} meetings={run['meetings']} FAILED to run: {run['failed'][-200:]}"
     load = run.get("load_before") or [0.0]
+    per_node = ""
+    if run.get("cluster"):
+        per_node = " [" + ", ".join(
+            f"{n['node_id']}: {n['meetings']} meetings, {n.get('rtp_out_pps')} pkt/s out, {n.get('cpu_cores')} cores"
+            for n in run["cluster"]["nodes"]
+        ) + "]"
     return (
-        f"workers={run['workers']} meetings={run['meetings']} x {run.get('subscribers')}: "
+        f"{where} meetings={run['meetings']} x {run.get('subscribers')}: "
         f"{run.get('forwarded_pps')} pkt/s, fps min {run.get('fps_min')}, loss {run.get('loss_percent')} %, "
         f"server {run.get('server_cpu_cores')} cores ({run.get('cpu_us_per_packet')} us/pkt), "
         f"load generator {run.get('client_cpu_cores')} cores ({run.get('client_cpu_us_per_packet')} us/pkt), "
-        f"other work {run.get('host_other_cores')} cores, load before {load[0]:.2f}: {'held' if ok else 'FAILED'}"
+        f"other work {run.get('host_other_cores')} cores, load before {load[0]:.2f}{per_node}: "
+        f"{'held' if ok else 'FAILED'}"
     )
 
 
-def capacity(workers: int, options: argparse.Namespace, start: int) -> dict[str, Any]:
+def capacity(value: int, options: argparse.Namespace, start: int) -> dict[str, Any]:
     """Steps up from `start` meetings until one fails; if the very first fails, steps down
     (to `--start`) until one holds."""
     steps: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
     meetings, direction = start, 1
     while options.start <= meetings <= options.max_meetings:
-        run = one_run(workers, meetings, options)
+        run = one_run(value, meetings, options)
         ok = held(run, options)
         steps.append(run)
-        print(describe(run, ok), file=sys.stderr, flush=True)
+        print(describe(run, ok, options.axis), file=sys.stderr, flush=True)
         if ok:
             if best is None or (run.get("forwarded_pps") or 0) > (best.get("forwarded_pps") or 0):
                 best = run
@@ -113,12 +133,19 @@ def capacity(workers: int, options: argparse.Namespace, start: int) -> dict[str,
         elif direction > 0:
             break
         meetings += direction * options.step
-    return {"workers": workers, "best": best, "steps": steps}
+    if options.axis == "nodes":
+        return {"nodes": value, "workers": 1, "best": best, "steps": steps}
+    return {"workers": value, "best": best, "steps": steps}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.capacity", description=__doc__.split("\n\n")[0])
     p.add_argument("--workers", default="1,2", help="comma-separated [media] workers values")
+    p.add_argument(
+        "--nodes",
+        help="comma-separated node counts, 1 media worker each (instead of --workers): nodes > 1 run as a "
+        "cluster on this machine with a redis-server and a PostgreSQL of its own",
+    )
     p.add_argument("--subscribers", "-s", type=int, default=50, help="per meeting")
     p.add_argument("--start", type=int, default=1, help="meetings in the first step")
     p.add_argument(
@@ -145,24 +172,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-fps", type=float, default=29.0)
     p.add_argument("--json", metavar="FILE")
     options = p.parse_args(argv)
+    options.axis = "nodes" if options.nodes else "workers"
+    values = [int(v) for v in (options.nodes or options.workers).split(",")]
     started = time.time()
     started_load = list(os.getloadavg())
     results: list[dict[str, Any]] = []
-    for w in options.workers.split(","):
+    for value in values:
         start = options.start
         if options.resume and results and results[-1]["best"]:
             start = max(options.start, results[-1]["best"]["meetings"])
-        results.append(capacity(int(w), options, start))
+        results.append(capacity(value, options, start))
     base = (results[0]["best"] or {}).get("forwarded_pps") or 0
     print(
-        "workers  held (meetings x subs)  forwarded pkt/s  server cores  server us/pkt  "
+        f"{options.axis:>7}  held (meetings x subs)  forwarded pkt/s  server cores  server us/pkt  "
         "generator cores  generator us/pkt  vs first"
     )
     for r in results:
         b = r["best"] or {}
         pps = b.get("forwarded_pps") or 0
         print(
-            f"{r['workers']:>7}  {b.get('meetings', '-'):>12} x {options.subscribers:<7}  {pps:>15.0f}  "
+            f"{r[options.axis]:>7}  {b.get('meetings', '-'):>12} x {options.subscribers:<7}  {pps:>15.0f}  "
             f"{b.get('server_cpu_cores') or 0:>12.3f}  {b.get('cpu_us_per_packet') or 0:>13.1f}  "
             f"{b.get('client_cpu_cores') or 0:>15.3f}  {b.get('client_cpu_us_per_packet') or 0:>16.1f}  "
             f"{pps / base if base else 0:>8.2f}"
@@ -176,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
             "command": ["python", "-m", "bench.capacity", *(argv if argv is not None else sys.argv[1:])],
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
             "host": {"cpus": os.cpu_count(), "load_at_start": started_load},
+            # what varies between the results: one node's [media] workers, or nodes of 1 worker each
+            "axis": options.axis,
             "load_generator": {
                 "publishers": f"replay a VP8 clip encoded once ({options.width}x{options.height}, "
                 f"{options.bitrate} bit/s target, 30 fps)",

@@ -433,6 +433,7 @@ class ClientSpec:
     seed: int = 0
     publishers: list[str] = field(default_factory=list)  # user ids a subscriber expects
     join_delay: float = 0.0  # s after the subscribers' start (the --join-batch schedule)
+    base_url: str = ""  # the node its calls go to (a cluster's owner of its meeting); empty: the bench's one
 
 
 def client_pc() -> RTCPeerConnection:
@@ -462,7 +463,7 @@ class BenchClient:
         batch: BatchReceiver | None = None,
     ):
         self.spec = spec
-        self.base_url = base_url.rstrip("/")
+        self.base_url = (spec.base_url or base_url).rstrip("/")
         self.http = http
         self.width, self.height, self.fps = width, height, fps
         self.timeout = timeout

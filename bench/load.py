@@ -8,6 +8,17 @@ subscribers), optionally side by side with the naive MediaRelay baseline (bench/
 
 By default the bench starts `meeting-sfu serve` itself (a temp data dir, a free port on
 127.0.0.1, a generated JWT secret, all through MEETING_SFU_* variables) and stops it by its PID.
+
+With `--nodes N` (N > 1) it starts a cluster on this machine instead (DESIGN section 9.2): one
+redis-server and one PostgreSQL of its own (free loopback ports, temporary directories) and N
+`meeting-sfu serve` nodes over them, `[media] workers = 1` each (unless MEETING_SFU_MEDIA_WORKERS
+says otherwise), one JWT secret, ports of their own; all stopped by PID at the end. Meeting i is
+created and started through node i % N, and every call of its clients goes to the node that
+owns it (the cluster places a start on its least loaded node: node i % N here, checked from its
+Redis and reported per node): media flows straight to the owner and no call is relayed on the
+hot path, so this measures what N nodes carry side by side, not the relay. The server CPU is the
+sum over every node's process tree, and each node's RTP packets sent (from its /metrics) and CPU
+are reported beside the subscribers' count.
 Clients run in `--processes` worker processes; `--decoders` subscribers per meeting decode the
 video (decoded fps, end-to-end latency), the others are light (they count RTP at their DTLS
 transport), so that the client side is not the bottleneck.
@@ -127,6 +138,12 @@ def parser() -> argparse.ArgumentParser:
         help="also measure the naive MediaRelay server at each size",
     )
     p.add_argument("--baseline-only", action="store_true", help="measure only the baseline")
+    p.add_argument(
+        "--nodes",
+        type=int,
+        default=1,
+        help="> 1: a cluster of N nodes on this machine (with a redis-server and a PostgreSQL of its own)",
+    )
     p.add_argument("--url", help="a running server (default: meeting-sfu serve is started)")
     p.add_argument("--token-secret", help="the running server's JWT secret (with --url)")
     p.add_argument("--server-pid", type=int, help="the running server's PID, for CPU and RSS")
@@ -173,6 +190,7 @@ async def run(options: argparse.Namespace) -> dict[str, Any]:
         "settings": {
             "meetings": options.meetings,
             "publishers": options.publishers,
+            "nodes": options.nodes,
             "sizes": sizes,
             "duration_s": options.duration,
             "warmup_s": options.warmup,
@@ -213,6 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     options.argv = argv
     if options.publishers < 1 or options.meetings < 1:
         print("bench: at least one meeting and one publisher", file=sys.stderr)
+        return 2
+    if options.nodes < 1 or (options.nodes > 1 and (options.url or options.baseline or options.baseline_only)):
+        print("bench: --nodes is at least 1, and above 1 goes with neither --url nor the baseline", file=sys.stderr)
         return 2
     load = list(os.getloadavg())
     report = asyncio.run(run(options))

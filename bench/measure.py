@@ -14,12 +14,14 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
+
 from .aggregate import aggregate, rounded
 from .meetings import create_meetings, make_authority
 from .procfs import host_cpu, proc_cpu, proc_rss_mb
 from .progress import Progress
 from .protocol import Command, Fatal, Marked, Ready, Result, WorkerSettings
-from .server_process import ServerProcess
+from .server_process import Cluster, ServerProcess
 from .workers import Workers
 
 
@@ -31,6 +33,13 @@ class Target:
     secret: str
     pid: int | None
     process: ServerProcess | None = None
+    cluster: Cluster | None = None  # --nodes > 1: every node's URL and PID are the cluster's
+
+    @property
+    def pids(self) -> list[int]:
+        if self.cluster is not None:
+            return self.cluster.pids
+        return [self.pid] if self.pid else []
 
 
 @dataclass
@@ -43,6 +52,7 @@ class Window:
     host_busy_cores: float
     rss_mb: float | None
     rss_peak_mb: float | None
+    node_cpu_s: list[float] | None = None  # each server process tree's CPU seconds in the window
 
 
 async def start_target(options: argparse.Namespace, kind: str, label: str, progress: Progress) -> Target:
@@ -50,11 +60,23 @@ async def start_target(options: argparse.Namespace, kind: str, label: str, progr
         if not options.token_secret:
             raise SystemExit("--url needs --token-secret (the server's [auth] jwt_secret)")
         return Target(options.url.rstrip("/"), options.token_secret, options.server_pid)
+    if kind == "sfu" and getattr(options, "nodes", 1) > 1:
+        cluster = Cluster(options.nodes, options.bitrate)
+        progress.show(f"{label}: starting {options.nodes} nodes (pids {' '.join(map(str, cluster.pids))})")
+        try:
+            await cluster.wait_ready()
+        except BaseException:  # never returned, so never stopped by the caller
+            cluster.stop()
+            raise
+        return Target(cluster.urls[0], cluster.secret, None, cluster=cluster)
     server = ServerProcess(kind, options.bitrate)
-    target = Target(server.url, server.secret, server.pid, server)
     progress.show(f"{label}: starting the server (pid {server.pid})")
-    await server.wait_ready()
-    return target
+    try:
+        await server.wait_ready()
+    except BaseException:
+        server.stop()
+        raise
+    return Target(server.url, server.secret, server.pid, server)
 
 
 async def set_up(
@@ -99,30 +121,79 @@ async def mark(workers: Workers) -> None:
             marked += 1
 
 
-async def measure(pid: int | None, duration: float, label: str, progress: Progress) -> Window:
+def _cpu(pids: list[int]) -> list[tuple[float, float]]:
+    return [proc_cpu(pid) for pid in pids]
+
+
+async def measure(pids: list[int], duration: float, label: str, progress: Progress) -> Window:
+    """The server's CPU over the window: the sum over every server process tree in `pids` (one,
+    or each node of a cluster)."""
     host0 = host_cpu()
-    cpu0, t0 = proc_cpu(pid) if pid else None, time.monotonic()
+    cpu0, t0 = _cpu(pids), time.monotonic()
     end = t0 + duration
     while time.monotonic() < end:
         now = time.monotonic()
         extra = ""
-        if cpu0 is not None and now > t0 + 0.5:
-            u, s = proc_cpu(pid)
-            extra = f"server {(u + s - cpu0[0] - cpu0[1]) / (now - t0):.2f} cores"
+        if pids and now > t0 + 0.5:
+            used = sum(u + s - u0 - s0 for (u, s), (u0, s0) in zip(_cpu(pids), cpu0, strict=True))
+            extra = f"server {used / (now - t0):.2f} cores"
         progress.bar(f"{label}: measuring", now - t0, duration, extra)
         await asyncio.sleep(min(0.5, max(0.0, end - now)))
-    cpu1, t1 = proc_cpu(pid) if pid else None, time.monotonic()
+    cpu1, t1 = _cpu(pids), time.monotonic()
     host1 = host_cpu()
-    rss, hwm = proc_rss_mb(pid) if pid else (None, None)
+    rss = hwm = None
+    for pid in pids:
+        r, h = proc_rss_mb(pid)
+        rss = None if r is None else (rss or 0.0) + r
+        hwm = None if h is None else (hwm or 0.0) + h
     busy = (host1[0] - host0[0]) / max(1, host1[1] - host0[1]) * (os.cpu_count() or 1)
+    deltas = [(u1 - u0, s1 - s0) for (u0, s0), (u1, s1) in zip(cpu0, cpu1, strict=True)]
     return Window(
         seconds=t1 - t0,
-        cpu_user_s=cpu1[0] - cpu0[0] if cpu0 is not None and cpu1 is not None else None,
-        cpu_system_s=cpu1[1] - cpu0[1] if cpu0 is not None and cpu1 is not None else None,
+        cpu_user_s=sum(d[0] for d in deltas) if pids else None,
+        cpu_system_s=sum(d[1] for d in deltas) if pids else None,
         host_busy_cores=busy,
         rss_mb=rss,
         rss_peak_mb=hwm,
+        node_cpu_s=[u + s for u, s in deltas],
     )
+
+
+async def packets_out(urls: list[str]) -> list[float | None]:
+    """Each node's RTP packets sent so far (every kind), from its /metrics; None where it did
+    not answer."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async def one(http: aiohttp.ClientSession, url: str) -> float | None:
+        try:
+            async with http.get(f"{url}/metrics", timeout=aiohttp.ClientTimeout(total=5)) as r:
+                text = await r.text()
+        except (TimeoutError, aiohttp.ClientError):
+            return None
+        total = 0.0
+        for family in text_string_to_metric_families(text):
+            if family.name == "meeting_sfu_rtp_packets":
+                total += sum(
+                    x.value for x in family.samples if x.name.endswith("_total") and x.labels.get("direction") == "out"
+                )
+        return total
+
+    async with aiohttp.ClientSession() as http:
+        return list(await asyncio.gather(*(one(http, url) for url in urls)))
+
+
+async def owner_url(cluster: Cluster) -> Any:
+    """meeting id -> the HTTP address of the node that owns it, as the cluster's Redis says."""
+
+    async def find(meeting_id: str) -> str:
+        async with cluster.link() as (claims, registry):
+            owner = await claims.owner(meeting_id)
+            entry = await registry.get(owner) if owner else None
+        if entry is None:
+            raise RuntimeError(f"meeting {meeting_id} started but no live node owns it (owner {owner!r})")
+        return entry.address
+
+    return find
 
 
 async def collect(workers: Workers) -> list[Result]:
@@ -174,10 +245,16 @@ async def run_once(
     try:
         target = await start_target(options, kind, label, progress)
         result["server_pid"] = target.pid
+        cluster = target.cluster
         specs = await create_meetings(
             target.base_url, make_authority(target.secret), options.meetings, options.publishers,
             subscribers, options,
+            urls=cluster.urls if cluster else None,
+            owner_url=await owner_url(cluster) if cluster else None,
         )
+        if cluster is not None:
+            result["nodes"] = cluster.n
+            result["cluster"] = cluster_record(cluster, specs)
         n_pub = sum(1 for s in specs if s.role == "publisher")
         processes = options.processes or (1 if len(specs) <= 12 else 2)
         result["client_processes"] = processes
@@ -204,7 +281,9 @@ async def run_once(
         result["setup_s"] = round(time.monotonic() - setup_t0, 2)
         await warm_up(options.warmup, label, progress)
         await mark(workers)
-        window = await measure(target.pid, options.duration, label, progress)
+        sent0 = await packets_out(cluster.urls) if cluster else []
+        window = await measure(target.pids, options.duration, label, progress)
+        sent1 = await packets_out(cluster.urls) if cluster else []
         results = await collect(workers)
         progress.done()
         result.update(aggregate(results, window.seconds))
@@ -224,6 +303,11 @@ async def run_once(
         result["server_rss_mb"] = rounded(window.rss_mb, 1)
         result["server_rss_peak_mb"] = rounded(window.rss_peak_mb, 1)
         result["window_s"] = round(window.seconds, 2)
+        if cluster is not None:
+            per_node = zip(result["cluster"]["nodes"], window.node_cpu_s or [], sent0, sent1, strict=True)
+            for node, cpu_s, a, b in per_node:
+                node["cpu_cores"] = rounded(cpu_s / window.seconds, 3)
+                node["rtp_out_pps"] = rounded((b - a) / window.seconds, 1) if a is not None and b is not None else None
         result["setup_errors"] = errors
         result["load_after"] = list(os.getloadavg())
         return result
@@ -233,3 +317,35 @@ async def run_once(
             await workers.stop()
         if target is not None and target.process is not None:
             target.process.stop()
+        if target is not None and target.cluster is not None:
+            target.cluster.stop()
+            # What each node logged (warnings and errors: the nodes log at warning) up to its stop
+            # (the last MB of it).
+            for node, process in zip(result.get("cluster", {}).get("nodes", []), target.cluster.nodes, strict=False):
+                lines = process.last_log.splitlines()
+                node["log_lines"] = len(lines)
+                node["log_tail"] = lines[-10:]
+
+
+def cluster_record(cluster: Cluster, specs: list[Any]) -> dict[str, Any]:
+    """Each node (id, URL, PID, data directory, the meetings its clients call), and the PIDs and
+    directories of the cluster's Redis and PostgreSQL: a report says where every meeting ran, and
+    a test can check that every process is gone afterwards."""
+    meetings: dict[str, set[str]] = {url: set() for url in cluster.urls}
+    for spec in specs:
+        meetings.setdefault(spec.base_url, set()).add(spec.meeting_id)
+    assert cluster.redis is not None and cluster.postgres is not None
+    return {
+        "nodes": [
+            {
+                "node_id": node_id,
+                "url": node.url,
+                "pid": node.pid,
+                "dir": str(node.dir),
+                "meetings": len(meetings.get(node.url, ())),
+            }
+            for node_id, node in zip(cluster.node_ids, cluster.nodes, strict=True)
+        ],
+        "services": cluster.service_pids(),
+        "service_dirs": [str(cluster.redis.root), str(cluster.postgres.root)],
+    }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -18,11 +19,19 @@ async def create_meetings(
     publishers: int,
     subscribers: int,
     options: argparse.Namespace,
+    *,
+    urls: list[str] | None = None,
+    owner_url: Callable[[str], Awaitable[str]] | None = None,
 ) -> list[ClientSpec]:
+    """Meeting m is created and started through `urls[m % len(urls)]` (default: `base_url`); its
+    clients call `owner_url(meeting id)` when given (the node that owns it in a cluster), else
+    that same URL."""
     specs: list[ClientSpec] = []
     decoding_meetings = meetings if options.decoding_meetings is None else options.decoding_meetings
+    urls = urls or [base_url]
     async with aiohttp.ClientSession() as http:
         for m in range(meetings):
+            base_url = urls[m % len(urls)]
             room = str(uuid.uuid4())
             pubs = [str(uuid.uuid4()) for _ in range(publishers)]
             subs = [str(uuid.uuid4()) for _ in range(subscribers)]
@@ -44,6 +53,7 @@ async def create_meetings(
             async with http.post(f"{base_url}/meetings/{meeting_id}/start", headers=headers) as r:
                 if r.status != 200:
                     raise RuntimeError(f"start meeting: HTTP {r.status} {await r.text()}")
+            client_url = await owner_url(meeting_id) if owner_url is not None else base_url
             for i, user in enumerate(pubs):
                 specs.append(
                     ClientSpec(
@@ -53,6 +63,7 @@ async def create_meetings(
                         "publisher",
                         audio=options.audio,
                         seed=len(specs),
+                        base_url=client_url,
                     )
                 )
             batch = getattr(options, "join_batch", 0)
@@ -68,6 +79,7 @@ async def create_meetings(
                         audio=options.audio,
                         publishers=pubs,
                         join_delay=(i // batch) * interval if batch > 0 else 0.0,
+                        base_url=client_url,
                     )
                 )
     return specs

@@ -204,6 +204,10 @@ async def events(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(max_msg_size=64 * 1024, heartbeat=None)
     await ws.prepare(request)
     queue_id = str(uuid.uuid4())
+    # Known to the whole cluster before its id is given out: a join through any node finds it.
+    # Opened here only then, and greeted in the same step: no event reaches the socket before
+    # websocketConnected (in a cluster, room events go on while the directory write waits).
+    await _domain(request).socket_opened(queue_id, principal.user_id)
     session = hub.open(queue_id, principal.user_id, principal.grants)
     metrics = request.app[METRICS]
 
@@ -224,8 +228,6 @@ async def events(request: web.Request) -> web.StreamResponse:
         asyncio.ensure_future(cut())
 
     session.on_overflow = overflow
-    # Known to the whole cluster before its id is given out: a join through any node finds it.
-    await _domain(request).socket_opened(queue_id, principal.user_id)
     session.push({"type": "websocketConnected", "queueId": queue_id})
     request.app[WEBSOCKETS].add(ws)
     log.info("events socket opened user=%s queue=%s", principal.user_id, queue_id)

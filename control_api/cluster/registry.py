@@ -14,7 +14,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from .errors import ClusterUnavailable
 from .link import LUA_NOW, NODE_ID, RedisLink, stop_task
@@ -61,6 +61,13 @@ for i = 1, #found, 2 do
     out[#out + 1] = entry
   end
 end
+return out
+"""
+
+# The claims each node holds now: {SCARD KEYS[1], SCARD KEYS[2], ...}.
+_CLAIM_COUNTS = """
+local out = {}
+for i = 1, #KEYS do out[i] = redis.call('SCARD', KEYS[i]) end
 return out
 """
 
@@ -122,6 +129,7 @@ class NodeRegistry:
         self._refresh = link.script(_REFRESH)
         self._live = link.script(_LIVE)
         self._dead = link.script(_DEAD)
+        self._claim_counts = link.script(_CLAIM_COUNTS)
         self._leave = link.script(_LEAVE)
         self._forget = link.script(_FORGET)
         self._task: asyncio.Task | None = None
@@ -196,11 +204,26 @@ class NodeRegistry:
         return next((e for e in await self.live() if e.node_id == node_id), None)
 
     async def least_loaded(self) -> NodeEntry:
-        """The live node with the least load (ties: the smallest node id)."""
+        """The live node with the least load (ties: the smallest node id).
+
+        A node's meetings count as the larger of its last reported number and the claims it
+        holds now: a claim is counted the moment it is taken, a reported load only at the
+        node's next refresh, so a burst of starts between two refreshes spreads over the nodes
+        instead of all landing on the one that looked least loaded."""
         nodes = await self.live()
         if not nodes:
             raise ClusterUnavailable("no live node in the cluster")
-        return min(nodes, key=lambda e: (e.load.rank(), e.node_id))
+        keys = self._keys
+        claims = await self.link.run(
+            "claims per node", lambda: self._claim_counts(keys=[keys.node_claims(e.node_id) for e in nodes])
+        )
+
+        def rank(pair: tuple[NodeEntry, int]) -> tuple[int, int, int, str]:
+            entry, held = pair
+            load = replace(entry.load, meetings=max(entry.load.meetings, int(held)))
+            return (*load.rank(), entry.node_id)
+
+        return min(zip(nodes, claims, strict=True), key=rank)[0]
 
     async def dead(self) -> list[str]:
         """Nodes whose entry is older than `dead_after_seconds` (their claims are to be taken over)."""

@@ -4,12 +4,13 @@ whichever node, the events of any node reaching the sockets of every node."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
 
 from control_api.cluster import Claims, RedisLink
-from control_api.keys import STORE
+from control_api.keys import DOMAIN, STORE
 from control_api.meetings.clustered import ClusteredMeetingService
 from tests.control_api.support import JOIN, create_meeting, is_error, of, user
 from tests.control_api.test_storage import fresh_database
@@ -233,3 +234,36 @@ async def test_a_claim_of_a_live_node_that_does_not_run_the_meeting_is_swept(nod
         return await owner_of(redis_server.url, prefix, mid) is None
 
     await eventually(released, 5)
+
+
+async def test_websocket_connected_comes_first_though_room_events_come_while_the_socket_registers(
+    nodes, monkeypatch
+):
+    # In a cluster the socket is written to Redis before its queueId is given out; a room event
+    # in that wait must not reach the socket ahead of websocketConnected (a Carbonio client, as
+    # the bench's, reads the greeting first).
+    a = await nodes("a")
+    room = new_id()
+    olga = await user(a, {room: "owner"})
+    mid = (await create_meeting(olga, room))["id"]
+    assert (await olga.call("POST", f"/meetings/{mid}/start"))[0] == 200
+    sockets = a.app[DOMAIN].node.sockets
+    add, entered, release = sockets.add, asyncio.Event(), asyncio.Event()
+
+    async def held_add(*args):
+        entered.set()
+        await release.wait()
+        return await add(*args)
+
+    monkeypatch.setattr(sockets, "add", held_add)
+    bob = await user(a, {room: "member"}, connect=False)
+    opening = asyncio.create_task(a.events(bob.token))
+    await asyncio.wait_for(entered.wait(), 5)
+    assert await olga.join(mid) == (200, {"status": "ACCEPTED"})  # JOINED, to every room member
+    await olga.ws.wait("MEETING_PARTICIPANT_JOINED")
+    await asyncio.sleep(0.2)  # delivered to every open socket of the room by now
+    release.set()
+    socket = await asyncio.wait_for(opening, 5)
+    assert socket.messages[0]["type"] == "websocketConnected", socket.messages
+    monkeypatch.setattr(sockets, "add", add)
+    assert await via(bob, a).join(mid, socket) == (200, {"status": "ACCEPTED"})  # the queue is known

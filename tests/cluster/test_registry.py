@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from control_api.cluster import NodeLoad, NodeRegistry
+from control_api.cluster import Claims, NodeLoad, NodeRegistry
 
 from .conftest import eventually
 
@@ -74,3 +74,25 @@ async def _dead(registry: NodeRegistry, expected: list[str]) -> bool:
 def test_a_node_id_is_checked(links) -> None:
     with pytest.raises(ValueError, match="node id"):
         NodeRegistry(links(), "has space", "http://a")
+
+
+async def test_a_burst_of_starts_spreads_over_nodes_with_equal_reported_loads(links) -> None:
+    # Two idle nodes, refreshed rarely: starts in a row between two refreshes see the same
+    # reported loads; the claims each one holds already tell them apart.
+    a = NodeRegistry(links(), "a", "http://a", lambda: NodeLoad(), refresh_seconds=60)
+    b = NodeRegistry(links(), "b", "http://b", lambda: NodeLoad(), refresh_seconds=60)
+    claims = Claims(links())
+    await a.start()
+    await b.start()
+    try:
+        placed = []
+        for i in range(5):
+            target = (await b.least_loaded()).node_id
+            placed.append(await claims.claim(f"m{i}", target))
+        assert placed == ["a", "b", "a", "b", "a"]
+        await claims.release("m0", "a")
+        await claims.release("m2", "a")
+        assert (await b.least_loaded()).node_id == "a"  # released claims count no more (1 against 2)
+    finally:
+        await a.stop()
+        await b.stop()
