@@ -335,9 +335,9 @@ class StreamCounter:
                 if seq < self.last_seq:
                     self.cycles += 1
                 ext = self.cycles * 0x10000 + seq
-            else:  # late or repeated packet
-                ext = self.max_ext
-        if ext >= self.max_ext:
+            else:  # late or repeated packet: counted, and the highest sequence number stays
+                ext = -1
+        if ext > self.max_ext:
             self.max_ext = ext
             self.last_seq = seq
         if marker:
@@ -433,6 +433,21 @@ class ClientSpec:
     seed: int = 0
     publishers: list[str] = field(default_factory=list)  # user ids a subscriber expects
     join_delay: float = 0.0  # s after the subscribers' start (the --join-batch schedule)
+
+
+def _idle(receiver: Any, connection: Any) -> None:
+    """A batched light subscriber's aiortc timers stop: what is left runs only when the server
+    asks (its consent checks are answered from the batch). Its own consent checks of the server
+    go (the server does not rely on them), and so does its receiver's RTCP task, which wakes
+    every second to send nothing (no packet reaches the receiver: no report block, no REMB)."""
+    task = getattr(connection, "_query_consent_task", None)
+    if task is not None:
+        task.cancel()
+        connection._query_consent_task = None
+    rtcp = getattr(receiver, "_RTCRtpReceiver__rtcp_task", None)
+    started = getattr(receiver, "_RTCRtpReceiver__rtcp_started", None)
+    if rtcp is not None and started is not None and started.is_set():
+        rtcp.cancel()  # inside its loop: it marks itself exited, as receiver.stop() awaits
 
 
 def client_pc() -> RTCPeerConnection:
@@ -580,10 +595,12 @@ class BenchClient:
             self.ready_at = time.time()
             if self.batch is not None and not self.spec.decode and self.sub_pc is not None:
                 for t in self.sub_pc.getTransceivers():
-                    for protocol in t.receiver.transport.transport._connection._protocols:
+                    connection = t.receiver.transport.transport._connection
+                    for protocol in connection._protocols:
                         if protocol.transport is not None and protocol not in self._batched:
                             self._batched.append(protocol)
                             self.batch.add(protocol.transport, protocol, self.counters)
+                    _idle(t.receiver, connection)
 
     # -- publisher -----------------------------------------------------------------------------
 
