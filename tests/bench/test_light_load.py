@@ -12,7 +12,8 @@ import time
 import av
 
 from bench.batch_receive import BatchReceiver
-from bench.clients import EncodedClip, ReplayTrack, StreamCounter
+from bench.clients import StreamCounter
+from bench.clip import EncodedClip, ReplayTrack
 
 
 def test_clip_starts_on_a_keyframe_and_decodes_looped_and_after_a_jump():
@@ -128,3 +129,60 @@ def test_a_light_run_end_to_end(tmp_path):
     assert run["fps_min"] > 20 and run["decoded_fps_min"] > 20, run
     assert run["client_cpu_us_per_packet"] is not None
     assert [(p["publishers"], p["decoding"], p["light"]) for p in run["client_processes_cpu"]] == [(1, 1, 0), (0, 0, 2)]
+
+
+def test_batched_counting_matches_the_packet_by_packet_counter():
+    """Streams of several sockets interleaved in one batch, batch after batch: in order across
+    the wrap, losses, repeats, late packets, a stream's first packets, RTP of no stream."""
+    import numpy as np
+
+    from bench.batch_receive import StreamTable, count_rtp
+
+    rng = np.random.default_rng(7)
+    table = StreamTable()
+    reference = {}
+    for sock in range(3):
+        for ssrc in (11, 12):
+            counter, ref = StreamCounter(), StreamCounter()
+            if (sock, ssrc) != (2, 12):  # that one's first packets come in a batch
+                for c in (counter, ref):
+                    c.add(65500, 100, True, 1.0)
+            table.add(sock, ssrc, counter)
+            reference[(sock << 32) | ssrc] = ref
+    next_seq = dict.fromkeys(reference, 65501)
+    slow_total = 0
+    for _ in range(40):
+        packets = []
+        for key in reference:
+            for _ in range(int(rng.integers(0, 12))):
+                seq = next_seq[key]
+                roll = rng.random()
+                if roll < 0.05:
+                    seq -= 3  # late
+                elif roll < 0.08:
+                    seq -= 1  # repeated
+                else:
+                    next_seq[key] += 2 if roll < 0.12 else 1  # one lost, or in order
+                packets.append((key, seq & 0xFFFF, int(rng.random() < 0.2), int(rng.integers(60, 1200))))
+        packets.append(((1 << 32) | 99, 5, 1, 100))  # a stream of no counter
+        # Sockets and streams interleaved, each stream's packets in their own order.
+        queues = {k: [p for p in packets if p[0] == k] for k in {p[0] for p in packets}}
+        arrival = [queues[packets[i][0]].pop(0) for i in rng.permutation(len(packets))]
+        keys = np.array([p[0] for p in arrival], np.int64)
+        seq = np.array([p[1] for p in arrival], np.int64)
+        marker = np.array([p[2] for p in arrival], np.int64)
+        size = np.array([p[3] for p in arrival], np.int64)
+        unknown, slow = count_rtp(table, seq, marker, size, table.lookup(keys), 2.0)
+        assert unknown == 1
+        slow_total += slow
+        for key, s, m, n in arrival:
+            if key in reference:
+                reference[key].add(s, n, bool(m), 2.0)
+    table.store_all()
+    for row, key in enumerate(table._keys):
+        got, want = table.counters[row], reference[key]
+        assert got.snapshot() == want.snapshot(), hex(key)
+        assert (got.max_ext, got.last_seq, got.cycles) == (want.max_ext, want.last_seq, want.cycles)
+        assert got.first_frame_at == want.first_frame_at
+    assert reference[(2 << 32) | 12].first_frame_at == 2.0
+    assert 0 < slow_total < 40 * 6  # most streams' batches took the array path
