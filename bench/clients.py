@@ -49,7 +49,7 @@ from aiortc.mediastreams import AudioStreamTrack, MediaStreamError
 from sfu import aiortc_hooks
 
 from .batch_receive import BatchReceiver
-from .clip import EncodedClip, ReplayTrack
+from .clip import EncodedClip, ReplaySender, ReplayTrack
 
 # --- the synthetic camera ---------------------------------------------------------------------
 
@@ -389,6 +389,7 @@ class BenchClient:
         self.ready_at: float | None = None
         # publisher
         self.camera: CameraTrack | ReplayTrack | None = None
+        self.replay_sender: ReplaySender | None = None
         # payload CRC of a frame's last packet -> send time, in the window
         self.sent_frames: dict[int, float] = {}
         # subscriber
@@ -505,12 +506,17 @@ class BenchClient:
         assert self.events is not None
         pc = client_pc()
         self.pcs.append(pc)
+        replay = None
         if self.replay_bitrate:
             clip = EncodedClip.shared(self.width, self.height, self.fps, self.replay_bitrate)
             self.camera = ReplayTrack(clip)
+            # aiortc's sender idles; bench/clip.py's ReplaySender sends the clip's RTP.
+            transceiver = pc.addTransceiver(aiortc_hooks.IdleTrack(), direction="sendonly")
+            replay = self.replay_sender = ReplaySender(self.camera, transceiver.sender, self._sent_frame)
+            replay.install()
         else:
             self.camera = CameraTrack(self.width, self.height, self.fps, seed=self.spec.seed)
-        transceiver = pc.addTransceiver(self.camera, direction="sendonly")
+            transceiver = pc.addTransceiver(self.camera, direction="sendonly")
         caps = RTCRtpSender.getCapabilities("video").codecs
         transceiver.setCodecPreferences(
             [c for c in caps if c.mimeType in ("video/VP8", "video/rtx")]
@@ -525,11 +531,17 @@ class BenchClient:
             "MEETING_SDP_ANSWERED", lambda m: m.get("mediaType") == "VIDEO", self.timeout
         )
         await pc.setRemoteDescription(RTCSessionDescription(answered["sdp"], "answer"))
-        self._hook_sender(transceiver.sender.transport)
+        if replay is None:
+            self._hook_sender(transceiver.sender.transport)
         if isinstance(self.camera, ReplayTrack):
             # aiortc answers a PLI/FIR by asking its encoder for a keyframe; a replayed clip
             # has no encoder, so the request goes to the track (the clip's keyframe is next).
             transceiver.sender._send_keyframe = self.camera.request_keyframe
+
+    def _sent_frame(self, payload: bytes) -> None:
+        """A replayed frame's last packet went out (the forwarding latency's send time)."""
+        if self.recording:  # bounded by the window
+            self.sent_frames.setdefault(zlib.crc32(payload), time.time())
 
     def _hook_sender(self, dtls: Any) -> None:
         original = dtls._send_rtp
@@ -779,6 +791,8 @@ class BenchClient:
         }
 
     async def close(self) -> None:
+        if self.replay_sender is not None:
+            self.replay_sender.stop()
         for task in self._tasks:
             task.cancel()
         for pc in self.pcs:

@@ -186,3 +186,16 @@ def test_batched_counting_matches_the_packet_by_packet_counter():
         assert got.first_frame_at == want.first_frame_at
     assert reference[(2 << 32) | 12].first_frame_at == 2.0
     assert 0 < slow_total < 40 * 6  # most streams' batches took the array path
+
+
+def test_replayed_payloads_are_aiortcs_with_the_picture_id():
+    from aiortc.codecs.vpx import Vp8Encoder
+
+    from bench.clip import vp8_payloads
+
+    clip = EncodedClip(160, 120, 30, 300_000, seconds=0.2)
+    for index in (0, 3):
+        for picture_id in (5, 127, 128, 300, 0x7FFF):
+            want = Vp8Encoder._packetize(clip.frames[index], picture_id)
+            assert vp8_payloads(clip, index, picture_id) == want, (index, picture_id)
+    assert len(vp8_payloads(clip, 0, 200)) > 1  # the keyframe takes several packets
