@@ -512,8 +512,9 @@ class BenchClient:
             self.camera = ReplayTrack(clip)
             # aiortc's sender idles; bench/clip.py's ReplaySender sends the clip's RTP.
             transceiver = pc.addTransceiver(aiortc_hooks.IdleTrack(), direction="sendonly")
-            replay = self.replay_sender = ReplaySender(self.camera, transceiver.sender, self._sent_frame)
-            replay.install()
+            sender = transceiver.sender
+            replay = self.replay_sender = ReplaySender(self.camera, sender._ssrc, sender._rtx_ssrc, self._sent_frame)
+            replay.install(sender)
         else:
             self.camera = CameraTrack(self.width, self.height, self.fps, seed=self.spec.seed)
             transceiver = pc.addTransceiver(self.camera, direction="sendonly")

@@ -162,13 +162,13 @@ class ReplaySender:
     `on_frame(payload)` is called with the last payload of every frame (the forwarding latency's
     key); `start(parameters)` is given aiortc's send parameters once its sender starts."""
 
-    def __init__(self, track: ReplayTrack, sender: Any, on_frame: Callable[[bytes], None]) -> None:
+    def __init__(self, track: ReplayTrack, ssrc: int, rtx_ssrc: int, on_frame: Callable[[bytes], None]) -> None:
         self.track = track
-        self.sender = sender
+        self.sender: Any = None
         self.on_frame = on_frame
         self.picture_id = random.getrandbits(15)
-        self.ssrc = sender._ssrc
-        self.rtx_ssrc = sender._rtx_ssrc
+        self.ssrc = ssrc
+        self.rtx_ssrc = rtx_ssrc
         self.seq = random.getrandbits(16)
         self.rtx_seq = random.getrandbits(16)
         self.origin = random.getrandbits(32)
@@ -181,7 +181,15 @@ class ReplaySender:
         self.abs = False
         self._task: asyncio.Task[None] | None = None
 
-    def start(self, parameters: Any) -> None:
+    def install(self, sender: Any) -> None:
+        """On the idle aiortc sender, before its remote description: start, RTCP, reports."""
+        self.sender = sender
+        aiortc_hooks.hook_sender_start(sender, self.start)
+        aiortc_hooks.hook_sender_rtcp(sender, self.on_rtcp)
+        aiortc_hooks.hook_sender_reports(sender, self.fill_report)
+
+    def configure(self, parameters: Any) -> None:
+        """Payload types and header extensions from aiortc's negotiated send parameters."""
         from sfu.rtp import extension_block
 
         video = [c for c in parameters.codecs if c.mimeType.lower() == "video/vp8"]
@@ -191,13 +199,10 @@ class ReplaySender:
         ids = {e.uri: e.id for e in parameters.headerExtensions}
         self.head, self.tail = extension_block(ids.get(MID), parameters.muxId, ids.get(ABS_SEND_TIME))
         self.abs = 1 <= ids.get(ABS_SEND_TIME, 0) <= 14
-        self._task = asyncio.ensure_future(self._run())
 
-    def install(self) -> None:
-        """On the idle aiortc sender, before its remote description: start, RTCP, reports."""
-        aiortc_hooks.hook_sender_start(self.sender, self.start)
-        aiortc_hooks.hook_sender_rtcp(self.sender, self.on_rtcp)
-        aiortc_hooks.hook_sender_reports(self.sender, self.fill_report)
+    def start(self, parameters: Any) -> None:
+        self.configure(parameters)
+        self._task = asyncio.ensure_future(self._run())
 
     def stop(self) -> None:
         if self._task is not None:
@@ -211,6 +216,43 @@ class ReplaySender:
             ext = self.head + abs3 + self.tail
         first = 0x90 if ext else 0x80
         return struct.pack("!BBHII", first, (0x80 if marker else 0) | pt, seq, timestamp, ssrc) + ext + payload
+
+    def frame_packets(self, index: int, ts: int) -> list[bytes]:
+        """The clear RTP packets of clip frame `index` at 90 kHz time `ts` (kept for NACKs)."""
+        payloads = vp8_payloads(self.track.clip, index, self.picture_id)
+        self.picture_id = (self.picture_id + 1) & 0x7FFF
+        timestamp = (self.origin + ts) & 0xFFFFFFFF
+        last = len(payloads) - 1
+        out = []
+        for i, payload in enumerate(payloads):
+            seq = self.seq
+            self.seq = (seq + 1) & 0xFFFF
+            self.history[seq % HISTORY] = (seq, timestamp, payload)
+            out.append(self._packet(self.pt, seq, timestamp, self.ssrc, i == last, payload))
+            self.packets += 1
+            self.octets += len(payload)
+        self.last = (time.time(), timestamp)
+        if payloads:
+            self.on_frame(payloads[-1])
+        return out
+
+    def retransmit(self, lost: list[int]) -> list[bytes]:
+        """The clear packets that answer a NACK: RTX (RFC 4588) when negotiated, else the packets
+        again; sequence numbers no longer in the history are skipped."""
+        out = []
+        for seq in lost:
+            kept = self.history.get(seq % HISTORY)
+            if kept is None or kept[0] != seq:
+                continue
+            _, timestamp, payload = kept
+            if self.rtx_pt:
+                rtx, self.rtx_seq = self.rtx_seq, (self.rtx_seq + 1) & 0xFFFF
+                original = struct.pack("!H", seq) + payload  # the original sequence number first
+                out.append(self._packet(self.rtx_pt, rtx, timestamp, self.rtx_ssrc, False, original))
+            else:
+                out.append(self._packet(self.pt, seq, timestamp, self.ssrc, False, payload))
+        self.retransmitted += len(out)
+        return out
 
     async def _run(self) -> None:
         path = None
@@ -227,47 +269,25 @@ class ReplaySender:
                 index, ts = await self.track.next_frame()
             except MediaStreamError:
                 return
-            payloads = vp8_payloads(self.track.clip, index, self.picture_id)
-            self.picture_id = (self.picture_id + 1) & 0x7FFF
-            timestamp = (self.origin + ts) & 0xFFFFFFFF
-            last = len(payloads) - 1
-            for i, payload in enumerate(payloads):
-                seq = self.seq
-                self.seq = (seq + 1) & 0xFFFF
-                self.history[seq % HISTORY] = (seq, timestamp, payload)
+            for data in self.frame_packets(index, ts):
                 try:
-                    sendto(protect(self._packet(self.pt, seq, timestamp, self.ssrc, i == last, payload)), addr)
+                    sendto(protect(data), addr)
                 except OSError:
                     pass  # as aioice does: a send error is a lost packet
-                self.packets += 1
-                self.octets += len(payload)
-            self.last = (time.time(), timestamp)
-            if payloads:
-                self.on_frame(payloads[-1])
 
     def on_rtcp(self, packet: Any) -> bool:
-        """NACKs are answered here (RTX, from the history); the rest goes to aiortc's sender."""
+        """NACKs are answered here; the rest goes to aiortc's sender (PLI/FIR: the keyframe)."""
         from aiortc.rtp import RtcpRtpfbPacket
 
         if not (isinstance(packet, RtcpRtpfbPacket) and packet.fmt == 1):
             return False
         path = aiortc_hooks.send_path(self.sender.transport)
-        for lost in packet.lost:
-            kept = self.history.get(lost % HISTORY)
-            if kept is None or kept[0] != lost or path is None:
-                continue
-            _, timestamp, payload = kept
-            if self.rtx_pt:
-                seq, self.rtx_seq = self.rtx_seq, (self.rtx_seq + 1) & 0xFFFF
-                original = struct.pack("!H", lost) + payload  # RFC 4588: the original sequence number first
-                data = self._packet(self.rtx_pt, seq, timestamp, self.rtx_ssrc, False, original)
-            else:
-                data = self._packet(self.pt, lost, timestamp, self.ssrc, False, payload)
-            try:
-                path.sendto(path.protect(data), path.addr)
-            except OSError:
-                pass
-            self.retransmitted += 1
+        if path is not None:
+            for data in self.retransmit(list(packet.lost)):
+                try:
+                    path.sendto(path.protect(data), path.addr)
+                except OSError:
+                    pass
         return True
 
     def fill_report(self, packets: list[Any]) -> None:

@@ -199,3 +199,43 @@ def test_replayed_payloads_are_aiortcs_with_the_picture_id():
             want = Vp8Encoder._packetize(clip.frames[index], picture_id)
             assert vp8_payloads(clip, index, picture_id) == want, (index, picture_id)
     assert len(vp8_payloads(clip, 0, 200)) > 1  # the keyframe takes several packets
+
+
+def test_replay_sender_packets_parse_as_aiortcs_and_a_nack_gets_rtx():
+    from aiortc.rtcrtpparameters import (
+        RTCRtpCodecParameters,
+        RTCRtpHeaderExtensionParameters,
+        RTCRtpSendParameters,
+    )
+    from aiortc.rtp import HeaderExtensionsMap, RtpPacket, unwrap_rtx
+
+    from bench.clip import ABS_SEND_TIME, MID, ReplaySender, vp8_payloads
+
+    clip = EncodedClip(160, 120, 30, 300_000, seconds=0.2)
+    frames = []
+    sender = ReplaySender(ReplayTrack(clip), 1111, 2222, frames.append)
+    extensions = [RTCRtpHeaderExtensionParameters(id=4, uri=MID), RTCRtpHeaderExtensionParameters(id=3, uri=ABS_SEND_TIME)]
+    sender.configure(
+        RTCRtpSendParameters(
+            codecs=[
+                RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=97),
+                RTCRtpCodecParameters(mimeType="video/rtx", clockRate=90000, payloadType=98, parameters={"apt": 97}),
+            ],
+            headerExtensions=extensions,
+            muxId="0",
+        )
+    )
+    names = HeaderExtensionsMap()
+    names.configure(RTCRtpSendParameters(headerExtensions=extensions))
+    sent = [RtpPacket.parse(data, names) for data in sender.frame_packets(0, 3000)]
+    assert [p.payload for p in sent] == vp8_payloads(clip, 0, sender.picture_id - 1)
+    assert [p.marker for p in sent] == [0] * (len(sent) - 1) + [1] and frames == [sent[-1].payload]
+    assert [p.sequence_number for p in sent] == [(sent[0].sequence_number + i) & 0xFFFF for i in range(len(sent))]
+    assert {(p.ssrc, p.payload_type, p.timestamp, p.extensions.mid) for p in sent} == {(1111, 97, sent[0].timestamp, "0")}
+    assert all(p.extensions.abs_send_time is not None for p in sent)
+    lost = sent[1].sequence_number
+    (rtx,) = [RtpPacket.parse(d, names) for d in sender.retransmit([lost, (lost + 1000) & 0xFFFF])]
+    assert (rtx.ssrc, rtx.payload_type, rtx.timestamp) == (2222, 98, sent[1].timestamp)
+    again = unwrap_rtx(rtx, payload_type=97, ssrc=1111)
+    assert (again.sequence_number, again.payload) == (lost, sent[1].payload)
+    assert sender.retransmitted == 1 and sender.packets == len(sent)
