@@ -27,8 +27,11 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import hmac
 import socket
+import struct
 import time
+import zlib
 from typing import Any
 
 import numpy as np
@@ -171,6 +174,43 @@ def count_rtp(
     return unknown, len(slow)
 
 
+COOKIE = 0x2112A442  # STUN magic cookie (RFC 8489)
+_ATTR = struct.Struct("!HH")
+
+
+def binding_response(request: bytes, addr: tuple[str, int], password: bytes, controlled: bool) -> bytes | None:
+    """The success response to an ICE consent check as aioice would send it (XOR-MAPPED-ADDRESS,
+    MESSAGE-INTEGRITY with our password, FINGERPRINT), or None when `request` is anything else:
+    not a Binding request from an IPv4 peer, not signed with our password, a role conflict (the
+    ICE connection's own handling then answers). One HMAC and one CRC in place of aioice's
+    message objects: about a tenth of its cost, once per ~5 s per subscriber."""
+    if len(request) < 20 or request[:2] != b"\x00\x01" or int.from_bytes(request[4:8], "big") != COOKIE:
+        return None
+    end = min(len(request), 20 + int.from_bytes(request[2:4], "big"))
+    same_role = 0x8029 if controlled else 0x802A  # ICE-CONTROLLED / ICE-CONTROLLING as we are
+    pos, integrity, conflict = 20, -1, False
+    while pos + 4 <= end and integrity < 0:  # bounded by the message length
+        kind, size = _ATTR.unpack_from(request, pos)
+        if kind == 0x0008 and size == 20:
+            integrity = pos
+        conflict = conflict or kind == same_role
+        pos += 4 + (size + 3) // 4 * 4
+    if integrity < 0 or conflict or pos > end:
+        return None
+    signed = request[:2] + (integrity + 24 - 20).to_bytes(2, "big") + request[4:integrity]
+    if not hmac.compare_digest(hmac.digest(password, signed, "sha1"), request[integrity + 4 : integrity + 24]):
+        return None
+    try:
+        ip = int.from_bytes(socket.inet_aton(addr[0]), "big")
+    except OSError:
+        return None
+    mapped = struct.pack("!HHBBHI", 0x0020, 8, 0, 1, addr[1] ^ (COOKIE >> 16), ip ^ COOKIE)
+    head = struct.pack("!HHI", 0x0101, len(mapped) + 24, COOKIE) + request[8:20]
+    body = head + mapped + _ATTR.pack(0x0008, 20) + hmac.digest(password, head + mapped, "sha1")
+    body = body[:2] + (len(body) - 20 + 8).to_bytes(2, "big") + body[4:]
+    return body + struct.pack("!HHI", 0x8028, 4, zlib.crc32(body) ^ 0x5354554E)
+
+
 class _Socket:
     __slots__ = ("counters", "fd", "known", "protocol", "transport")
 
@@ -218,6 +258,7 @@ class BatchReceiver:
         self.rtcp_dropped = 0
         self.truncated = 0  # datagrams other than RTP/RTCP longer than SLOT: dropped
         self.closed = 0  # sockets whose peer connection closed (no longer read)
+        self.consent_answered = 0  # the server's consent checks answered here
 
     def add(self, transport: Any, protocol: Any, counters: dict[int, Any]) -> None:
         """Take an ICE socket out of the event loop; its RTP is counted into `counters`
@@ -339,7 +380,17 @@ class BatchReceiver:
             return
         name = self.names[i]
         addr = (socket.inet_ntoa(name[4:8].tobytes()), (int(name[2]) << 8) | int(name[3]))
+        data = self.data[i, :length].tobytes()
+        connection = getattr(sock.protocol, "receiver", None)  # aioice's ICE connection
+        if data[0] < 2 and connection is not None and connection.local_password:
+            answer = binding_response(
+                data, addr, connection.local_password.encode(), not connection.ice_controlling
+            )
+            if answer is not None:
+                self.consent_answered += 1
+                sock.transport.sendto(answer, addr)
+                return
         try:
-            sock.protocol.datagram_received(self.data[i, :length].tobytes(), addr)
+            sock.protocol.datagram_received(data, addr)
         except Exception:  # one bad datagram never stops the batch (as in the event loop)
             pass

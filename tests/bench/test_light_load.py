@@ -243,3 +243,24 @@ def test_replay_sender_packets_parse_as_aiortcs_and_a_nack_gets_rtx():
     again = unwrap_rtx(rtx, payload_type=97, ssrc=1111)
     assert (again.sequence_number, again.payload) == (lost, sent[1].payload)
     assert sender.retransmitted == 1 and sender.packets == len(sent)
+
+
+def test_consent_checks_are_answered_as_aioice_answers_them():
+    import aioice.stun as stun
+
+    from bench.batch_receive import binding_response
+
+    password, addr = "x" * 22, ("127.0.0.1", 40000)
+    request = stun.Message(stun.Method.BINDING, stun.Class.REQUEST)
+    request.attributes.update({"USERNAME": "abcd:efgh", "PRIORITY": 1, "ICE-CONTROLLING": 5})
+    request.add_message_integrity(password.encode())
+    answer = binding_response(bytes(request), addr, password.encode(), controlled=True)
+    response = stun.parse_message(answer)  # checks the fingerprint
+    assert response.check_message_integrity(password.encode())
+    assert (response.message_method, response.message_class) == (stun.Method.BINDING, stun.Class.RESPONSE)
+    assert response.transaction_id == request.transaction_id
+    assert response.attributes["XOR-MAPPED-ADDRESS"] == addr and "FINGERPRINT" in response.attributes
+    # Not ours to answer: signed with another password, a role conflict, a response.
+    assert binding_response(bytes(request), addr, b"y" * 22, controlled=True) is None
+    assert binding_response(bytes(request), addr, password.encode(), controlled=False) is None
+    assert binding_response(answer, addr, password.encode(), controlled=True) is None
