@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         "for the light subscribers",
     )
     p.add_argument("--bitrate", type=int, default=600_000, help="of the replayed VP8 clip, bit/s")
-    p.add_argument("--batch-ms", type=float, default=100.0, help="light subscribers read their sockets every N ms")
+    p.add_argument("--batch-ms", type=float, default=250.0, help="light subscribers read their sockets every N ms")
     p.add_argument("--setup-timeout", type=float, default=40.0, help="per client, s (many peers join at once)")
     p.add_argument("--max-loss", type=float, default=0.5, help="percent")
     p.add_argument("--min-fps", type=float, default=29.0)

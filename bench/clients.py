@@ -44,11 +44,12 @@ from aiortc import (
     RTCSessionDescription,
     VideoStreamTrack,
 )
-from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, MediaStreamTrack
+from aiortc.mediastreams import AudioStreamTrack, MediaStreamError
 
 from sfu import aiortc_hooks
 
 from .batch_receive import BatchReceiver
+from .clip import EncodedClip, ReplaySender, ReplayTrack
 
 # --- the synthetic camera ---------------------------------------------------------------------
 
@@ -128,110 +129,6 @@ class CameraTrack(VideoStreamTrack):
         frame.time_base = fractions.Fraction(1, 90000)
         self.frames += 1
         return frame
-
-
-class EncodedClip:
-    """A few seconds of the synthetic camera, VP8-encoded once, to be replayed in a loop.
-
-    A real-time encoder per publisher is most of what a publisher costs (about 0.1 core each at
-    320x240); replaying frames encoded once leaves those cores to the server under test. The
-    clip starts on a keyframe and has no other, so looping back to frame 0 and answering a
-    keyframe request by jumping there both keep the stream decodable. Its frames carry no time
-    stamp (it would be stale), so a replayed stream gives no end-to-end latency; the forwarding
-    latency still works (aiortc's packetiser gives every frame a fresh picture id, so payloads
-    never repeat within a run)."""
-
-    def __init__(self, width: int, height: int, fps: int, bitrate: int, seconds: float = 3.0) -> None:
-        camera = CameraTrack(width, height, fps)
-        codec = av.CodecContext.create("libvpx", "w")
-        codec.width, codec.height, codec.pix_fmt = width, height, "yuv420p"
-        codec.bit_rate = bitrate
-        codec.framerate = fractions.Fraction(fps, 1)
-        codec.time_base = fractions.Fraction(1, fps)
-        count = max(2, int(seconds * fps))
-        codec.gop_size = count + 1  # one keyframe: the first frame
-        # Constant bitrate, as a webcam publisher's encoder runs, but a fixed speed setting and
-        # one thread: the clip (hence packets per second) does not depend on how busy the
-        # machine was while it was encoded (a negative cpu-used adapts to the time taken).
-        codec.thread_count = 1
-        codec.options = {
-            "deadline": "good",
-            "cpu-used": "4",
-            "lag-in-frames": "0",
-            "minrate": str(bitrate),
-            "maxrate": str(bitrate),
-            "bufsize": str(bitrate),
-        }
-        frames: list[bytes] = []
-        keyframes: list[bool] = []
-        # Fresh noise in a band of every frame: no motion search predicts it, so the encoder
-        # spends its whole bitrate, as it does on a real camera's picture.
-        rng = np.random.default_rng(1)
-        band = slice(height // 2, height // 2 + height // 8)
-        for n in range(count):
-            luma = np.roll(camera.base, n * 4, axis=1)
-            luma[band] = rng.integers(0, 256, luma[band].shape, dtype=np.uint8)
-            frame = av.VideoFrame.from_ndarray(np.vstack([luma, camera.uv]), format="yuv420p")
-            frame.pts = n
-            for packet in codec.encode(frame):
-                frames.append(bytes(packet))
-                keyframes.append(bool(packet.is_keyframe))
-        for packet in codec.encode(None):
-            frames.append(bytes(packet))
-            keyframes.append(bool(packet.is_keyframe))
-        if not frames or not keyframes[0]:
-            raise RuntimeError("the VP8 clip does not start on a keyframe")
-        self.frames = frames
-        self.keyframes = [i for i, k in enumerate(keyframes) if k]
-        self.fps = fps
-        self.bitrate = round(sum(len(f) for f in frames) * 8 * fps / len(frames))
-
-    _cache: dict[tuple[int, int, int, int], EncodedClip] = {}
-
-    @classmethod
-    def shared(cls, width: int, height: int, fps: int, bitrate: int) -> EncodedClip:
-        """One clip per client process and format: the publishers of a process share it."""
-        key = (width, height, fps, bitrate)
-        if key not in cls._cache:
-            cls._cache[key] = cls(width, height, fps, bitrate)
-        return cls._cache[key]
-
-
-class ReplayTrack(MediaStreamTrack):
-    """A video track that sends an `EncodedClip`'s frames at its frame rate with fresh time
-    stamps. aiortc's sender packetises them (`Vp8Encoder.pack`) and sends them as it sends
-    encoded ones: same RTP, SRTP, RTX history and RTCP. `request_keyframe` (a PLI or FIR from
-    the server) makes the next frame the clip's keyframe."""
-
-    kind = "video"
-
-    def __init__(self, clip: EncodedClip) -> None:
-        super().__init__()
-        self.clip = clip
-        self.frames = 0  # sent
-        self.keyframes_requested = 0
-        self._index = 0
-        self._start: float | None = None
-
-    def request_keyframe(self) -> None:
-        self.keyframes_requested += 1
-        self._index = self.clip.keyframes[0]
-
-    async def recv(self) -> av.Packet:
-        if self.readyState != "live":
-            raise MediaStreamError
-        if self._start is None:
-            self._start = time.monotonic()
-        n = self.frames
-        delay = self._start + n / self.clip.fps - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        packet = av.Packet(self.clip.frames[self._index])
-        packet.pts = int(n * 90000 / self.clip.fps)
-        packet.time_base = fractions.Fraction(1, 90000)
-        self._index = (self._index + 1) % len(self.clip.frames)
-        self.frames += 1
-        return packet
 
 
 class ToneTrack(AudioStreamTrack):
@@ -335,9 +232,9 @@ class StreamCounter:
                 if seq < self.last_seq:
                     self.cycles += 1
                 ext = self.cycles * 0x10000 + seq
-            else:  # late or repeated packet
-                ext = self.max_ext
-        if ext >= self.max_ext:
+            else:  # late or repeated packet: counted, and the highest sequence number stays
+                ext = -1
+        if ext > self.max_ext:
             self.max_ext = ext
             self.last_seq = seq
         if marker:
@@ -436,6 +333,21 @@ class ClientSpec:
     base_url: str = ""  # the node its calls go to (a cluster's owner of its meeting); empty: the bench's one
 
 
+def _idle(receiver: Any, connection: Any) -> None:
+    """A batched light subscriber's aiortc timers stop: what is left runs only when the server
+    asks (its consent checks are answered from the batch). Its own consent checks of the server
+    go (the server does not rely on them), and so does its receiver's RTCP task, which wakes
+    every second to send nothing (no packet reaches the receiver: no report block, no REMB)."""
+    task = getattr(connection, "_query_consent_task", None)
+    if task is not None:
+        task.cancel()
+        connection._query_consent_task = None
+    rtcp = getattr(receiver, "_RTCRtpReceiver__rtcp_task", None)
+    started = getattr(receiver, "_RTCRtpReceiver__rtcp_started", None)
+    if rtcp is not None and started is not None and started.is_set():
+        rtcp.cancel()  # inside its loop: it marks itself exited, as receiver.stop() awaits
+
+
 def client_pc() -> RTCPeerConnection:
     return RTCPeerConnection(RTCConfiguration(iceServers=[]))
 
@@ -478,6 +390,7 @@ class BenchClient:
         self.ready_at: float | None = None
         # publisher
         self.camera: CameraTrack | ReplayTrack | None = None
+        self.replay_sender: ReplaySender | None = None
         # payload CRC of a frame's last packet -> send time, in the window
         self.sent_frames: dict[int, float] = {}
         # subscriber
@@ -581,10 +494,12 @@ class BenchClient:
             self.ready_at = time.time()
             if self.batch is not None and not self.spec.decode and self.sub_pc is not None:
                 for t in self.sub_pc.getTransceivers():
-                    for protocol in t.receiver.transport.transport._connection._protocols:
+                    connection = t.receiver.transport.transport._connection
+                    for protocol in connection._protocols:
                         if protocol.transport is not None and protocol not in self._batched:
                             self._batched.append(protocol)
                             self.batch.add(protocol.transport, protocol, self.counters)
+                    _idle(t.receiver, connection)
 
     # -- publisher -----------------------------------------------------------------------------
 
@@ -592,12 +507,18 @@ class BenchClient:
         assert self.events is not None
         pc = client_pc()
         self.pcs.append(pc)
+        replay = None
         if self.replay_bitrate:
             clip = EncodedClip.shared(self.width, self.height, self.fps, self.replay_bitrate)
             self.camera = ReplayTrack(clip)
+            # aiortc's sender idles; bench/clip.py's ReplaySender sends the clip's RTP.
+            transceiver = pc.addTransceiver(aiortc_hooks.IdleTrack(), direction="sendonly")
+            sender = transceiver.sender
+            replay = self.replay_sender = ReplaySender(self.camera, sender._ssrc, sender._rtx_ssrc, self._sent_frame)
+            replay.install(sender)
         else:
             self.camera = CameraTrack(self.width, self.height, self.fps, seed=self.spec.seed)
-        transceiver = pc.addTransceiver(self.camera, direction="sendonly")
+            transceiver = pc.addTransceiver(self.camera, direction="sendonly")
         caps = RTCRtpSender.getCapabilities("video").codecs
         transceiver.setCodecPreferences(
             [c for c in caps if c.mimeType in ("video/VP8", "video/rtx")]
@@ -612,11 +533,17 @@ class BenchClient:
             "MEETING_SDP_ANSWERED", lambda m: m.get("mediaType") == "VIDEO", self.timeout
         )
         await pc.setRemoteDescription(RTCSessionDescription(answered["sdp"], "answer"))
-        self._hook_sender(transceiver.sender.transport)
+        if replay is None:
+            self._hook_sender(transceiver.sender.transport)
         if isinstance(self.camera, ReplayTrack):
             # aiortc answers a PLI/FIR by asking its encoder for a keyframe; a replayed clip
             # has no encoder, so the request goes to the track (the clip's keyframe is next).
             transceiver.sender._send_keyframe = self.camera.request_keyframe
+
+    def _sent_frame(self, payload: bytes) -> None:
+        """A replayed frame's last packet went out (the forwarding latency's send time)."""
+        if self.recording:  # bounded by the window
+            self.sent_frames.setdefault(zlib.crc32(payload), time.time())
 
     def _hook_sender(self, dtls: Any) -> None:
         original = dtls._send_rtp
@@ -866,6 +793,8 @@ class BenchClient:
         }
 
     async def close(self) -> None:
+        if self.replay_sender is not None:
+            self.replay_sender.stop()
         for task in self._tasks:
             task.cancel()
         for pc in self.pcs:

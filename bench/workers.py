@@ -15,7 +15,8 @@ from typing import Any
 import aiohttp
 
 from .batch_receive import BatchReceiver
-from .clients import BenchClient, ClientSpec, EncodedClip
+from .clients import BenchClient, ClientSpec
+from .clip import EncodedClip
 from .protocol import Command, Fatal, Marked, Ready, Report, Result, Stopped, WorkerSettings
 
 

@@ -12,7 +12,8 @@ import time
 import av
 
 from bench.batch_receive import BatchReceiver
-from bench.clients import EncodedClip, ReplayTrack, StreamCounter
+from bench.clients import StreamCounter
+from bench.clip import EncodedClip, ReplayTrack
 
 
 def test_clip_starts_on_a_keyframe_and_decodes_looped_and_after_a_jump():
@@ -128,3 +129,138 @@ def test_a_light_run_end_to_end(tmp_path):
     assert run["fps_min"] > 20 and run["decoded_fps_min"] > 20, run
     assert run["client_cpu_us_per_packet"] is not None
     assert [(p["publishers"], p["decoding"], p["light"]) for p in run["client_processes_cpu"]] == [(1, 1, 0), (0, 0, 2)]
+
+
+def test_batched_counting_matches_the_packet_by_packet_counter():
+    """Streams of several sockets interleaved in one batch, batch after batch: in order across
+    the wrap, losses, repeats, late packets, a stream's first packets, RTP of no stream."""
+    import numpy as np
+
+    from bench.batch_receive import StreamTable, count_rtp
+
+    rng = np.random.default_rng(7)
+    table = StreamTable()
+    reference = {}
+    for sock in range(3):
+        for ssrc in (11, 12):
+            counter, ref = StreamCounter(), StreamCounter()
+            if (sock, ssrc) != (2, 12):  # that one's first packets come in a batch
+                for c in (counter, ref):
+                    c.add(65500, 100, True, 1.0)
+            table.add(sock, ssrc, counter)
+            reference[(sock << 32) | ssrc] = ref
+    next_seq = dict.fromkeys(reference, 65501)
+    slow_total = 0
+    for _ in range(40):
+        packets = []
+        for key in reference:
+            for _ in range(int(rng.integers(0, 12))):
+                seq = next_seq[key]
+                roll = rng.random()
+                if roll < 0.05:
+                    seq -= 3  # late
+                elif roll < 0.08:
+                    seq -= 1  # repeated
+                else:
+                    next_seq[key] += 2 if roll < 0.12 else 1  # one lost, or in order
+                packets.append((key, seq & 0xFFFF, int(rng.random() < 0.2), int(rng.integers(60, 1200))))
+        packets.append(((1 << 32) | 99, 5, 1, 100))  # a stream of no counter
+        # Sockets and streams interleaved, each stream's packets in their own order.
+        queues = {k: [p for p in packets if p[0] == k] for k in {p[0] for p in packets}}
+        arrival = [queues[packets[i][0]].pop(0) for i in rng.permutation(len(packets))]
+        keys = np.array([p[0] for p in arrival], np.int64)
+        seq = np.array([p[1] for p in arrival], np.int64)
+        marker = np.array([p[2] for p in arrival], np.int64)
+        size = np.array([p[3] for p in arrival], np.int64)
+        unknown, slow = count_rtp(table, seq, marker, size, table.lookup(keys), 2.0)
+        assert unknown == 1
+        slow_total += slow
+        for key, s, m, n in arrival:
+            if key in reference:
+                reference[key].add(s, n, bool(m), 2.0)
+    table.store_all()
+    for row, key in enumerate(table._keys):
+        got, want = table.counters[row], reference[key]
+        assert got.snapshot() == want.snapshot(), hex(key)
+        assert (got.max_ext, got.last_seq, got.cycles) == (want.max_ext, want.last_seq, want.cycles)
+        assert got.first_frame_at == want.first_frame_at
+    assert reference[(2 << 32) | 12].first_frame_at == 2.0
+    assert 0 < slow_total < 40 * 6  # most streams' batches took the array path
+
+
+def test_replayed_payloads_are_aiortcs_with_the_picture_id():
+    from aiortc.codecs.vpx import Vp8Encoder
+
+    from bench.clip import vp8_payloads
+
+    clip = EncodedClip(160, 120, 30, 300_000, seconds=0.2)
+    for index in (0, 3):
+        for picture_id in (5, 127, 128, 300, 0x7FFF):
+            want = Vp8Encoder._packetize(clip.frames[index], picture_id)
+            assert vp8_payloads(clip, index, picture_id) == want, (index, picture_id)
+    assert len(vp8_payloads(clip, 0, 200)) > 1  # the keyframe takes several packets
+
+
+def test_replay_sender_packets_parse_as_aiortcs_and_a_nack_gets_rtx():
+    from aiortc.rtcrtpparameters import (
+        RTCRtpCodecParameters,
+        RTCRtpHeaderExtensionParameters,
+        RTCRtpSendParameters,
+    )
+    from aiortc.rtp import HeaderExtensionsMap, RtpPacket, unwrap_rtx
+
+    from bench.clip import ABS_SEND_TIME, MID, ReplaySender, vp8_payloads
+
+    clip = EncodedClip(160, 120, 30, 300_000, seconds=0.2)
+    frames = []
+    sender = ReplaySender(ReplayTrack(clip), 1111, 2222, frames.append)
+    extensions = [
+        RTCRtpHeaderExtensionParameters(id=4, uri=MID),
+        RTCRtpHeaderExtensionParameters(id=3, uri=ABS_SEND_TIME),
+    ]
+    sender.configure(
+        RTCRtpSendParameters(
+            codecs=[
+                RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=97),
+                RTCRtpCodecParameters(mimeType="video/rtx", clockRate=90000, payloadType=98, parameters={"apt": 97}),
+            ],
+            headerExtensions=extensions,
+            muxId="0",
+        )
+    )
+    names = HeaderExtensionsMap()
+    names.configure(RTCRtpSendParameters(headerExtensions=extensions))
+    sent = [RtpPacket.parse(data, names) for data in sender.frame_packets(0, 3000)]
+    assert [p.payload for p in sent] == vp8_payloads(clip, 0, sender.picture_id - 1)
+    assert [p.marker for p in sent] == [0] * (len(sent) - 1) + [1] and frames == [sent[-1].payload]
+    assert [p.sequence_number for p in sent] == [(sent[0].sequence_number + i) & 0xFFFF for i in range(len(sent))]
+    heads = {(p.ssrc, p.payload_type, p.timestamp, p.extensions.mid) for p in sent}
+    assert heads == {(1111, 97, sent[0].timestamp, "0")}
+    assert all(p.extensions.abs_send_time is not None for p in sent)
+    lost = sent[1].sequence_number
+    (rtx,) = [RtpPacket.parse(d, names) for d in sender.retransmit([lost, (lost + 1000) & 0xFFFF])]
+    assert (rtx.ssrc, rtx.payload_type, rtx.timestamp) == (2222, 98, sent[1].timestamp)
+    again = unwrap_rtx(rtx, payload_type=97, ssrc=1111)
+    assert (again.sequence_number, again.payload) == (lost, sent[1].payload)
+    assert sender.retransmitted == 1 and sender.packets == len(sent)
+
+
+def test_consent_checks_are_answered_as_aioice_answers_them():
+    import aioice.stun as stun
+
+    from bench.batch_receive import binding_response
+
+    password, addr = "x" * 22, ("127.0.0.1", 40000)
+    request = stun.Message(stun.Method.BINDING, stun.Class.REQUEST)
+    request.attributes.update({"USERNAME": "abcd:efgh", "PRIORITY": 1, "ICE-CONTROLLING": 5})
+    request.add_message_integrity(password.encode())
+    answer = binding_response(bytes(request), addr, password.encode(), controlled=True)
+    response = stun.parse_message(answer)  # checks the fingerprint
+    assert response.check_message_integrity(password.encode())
+    assert (response.message_method, response.message_class) == (stun.Method.BINDING, stun.Class.RESPONSE)
+    assert response.transaction_id == request.transaction_id
+    assert response.attributes["XOR-MAPPED-ADDRESS"] == addr and "FINGERPRINT" in response.attributes
+    # Not ours to answer: signed with another password, a role conflict, a response.
+    assert binding_response(bytes(request), addr, b"y" * 22, controlled=True) is None
+    assert binding_response(bytes(request), addr, password.encode(), controlled=False) is None
+    assert binding_response(answer, addr, password.encode(), controlled=True) is None

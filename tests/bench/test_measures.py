@@ -41,6 +41,14 @@ def test_stream_counter_loss_and_wrap():
     assert c.first_frame_at == 1.0
 
 
+def test_stream_counter_a_late_packet_from_before_the_wrap_does_not_count_a_second_wrap():
+    c = StreamCounter()
+    for seq in [65534, 65535, 0, 1, 65533, 2, 3]:  # 65533 late, after the wrap
+        c.add(seq, 100, False, 1.0)
+    assert c.snapshot() == {"packets": 7, "bytes": 700, "frames": 0, "expected": 6}  # 65534 .. 3
+    assert c.last_seq == 3 and c.max_ext == 65536 + 3
+
+
 def test_rtp_payload_skips_csrc_and_extension():
     header = bytes([0x90 | 0x01, 0x60]) + b"\x00\x01" + b"\x00" * 8 + b"\x00" * 4  # 1 CSRC
     ext = b"\xbe\xde\x00\x01" + b"\x10\xaa\x00\x00"
