@@ -1,13 +1,15 @@
 """Micro-bench: CPU per forwarded copy of Producer.on_rtp, compiled fast path against pure Python.
 
 One Producer, N consumers with their own SRTP sessions (AEAD_AES_256_GCM, what two aiortc
-peers negotiate), each sending to its own UDP socket on 127.0.0.1 through one shared asyncio
-datagram transport (as a worker's shared socket). Only the `on_rtp` calls are timed, with the
-thread's CPU clock (user + system, the kernel's loopback delivery included), so the figure is
-less sensitive to other load on the machine than a whole-server bench; the receivers are
-drained outside the timed part. Both paths run in the same process, alternating in rounds.
+peers negotiate, or another profile with --profile), each sending to its own UDP socket on
+127.0.0.1 through one shared asyncio datagram transport (as a worker's shared socket). Only the
+`on_rtp` calls are timed, with the thread's CPU clock (user + system, the kernel's loopback
+delivery included), so the figure is less sensitive to other load on the machine than a
+whole-server bench; the receivers are drained outside the timed part. Both paths run in the
+same process, alternating in rounds.
 
     .venv/bin/python -m bench.fastpath_micro --consumers 20 --packets 3000
+    .venv/bin/python -m bench.fastpath_micro --profile all   # each SRTP profile, one after the other
 """
 
 from __future__ import annotations
@@ -19,6 +21,13 @@ import socket
 import struct
 import time
 from typing import Any
+
+# --profile name -> (pylibsrtp's profile constant, master key + salt bytes)
+PROFILES = {
+    "aead_aes_256_gcm": ("SRTP_PROFILE_AEAD_AES_256_GCM", 32 + 12),
+    "aead_aes_128_gcm": ("SRTP_PROFILE_AEAD_AES_128_GCM", 16 + 12),
+    "aes128_cm_sha1_80": ("SRTP_PROFILE_AES128_CM_SHA1_80", 16 + 14),
+}
 
 
 def _packet(seq: int, ts: int, keyframe: bool, size: int) -> bytes:
@@ -46,7 +55,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     producer = Producer("m", "pub", "video", CodecChoice("video/VP8", 90000, 96, None, ()), [],
                         on_active=lambda p: None, on_peer_lost=lambda p: None, stats=MediaStats())
     receivers = []
-    profile = pylibsrtp.Policy.SRTP_PROFILE_AEAD_AES_256_GCM
+    constant, key_bytes = PROFILES[args.profile]
+    profile = getattr(pylibsrtp.Policy, constant)
     before, after = extension_block(1, "0", 3)
     for i in range(args.consumers):
         rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -54,7 +64,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         rx.bind(("127.0.0.1", 0))
         rx.setblocking(False)
         receivers.append(rx)
-        policy = pylibsrtp.Policy(key=bytes([i]) * 44, ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND,
+        policy = pylibsrtp.Policy(key=bytes([i]) * key_bytes, ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND,
                                   srtp_profile=profile)
         policy.allow_repeat_tx = True
         session = pylibsrtp.Session(policy)
@@ -103,7 +113,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     transport.close()
     for rx in receivers:
         rx.close()
-    result: dict[str, Any] = {"consumers": args.consumers, "packet_bytes": len(data), "path_built": fastpath.available}
+    result: dict[str, Any] = {"consumers": args.consumers, "packet_bytes": len(data), "path_built": fastpath.available,
+                              "profile": args.profile}
     for path in paths:
         result[f"{path}_us_per_copy"] = round(cpu[path] / copies[path] * 1e6, 2) if copies[path] else None
         result[f"{path}_copies"] = copies[path]
@@ -119,8 +130,17 @@ def main() -> None:
     parser.add_argument("--packets", type=int, default=3000, help="incoming packets per path")
     parser.add_argument("--rounds", type=int, default=6, help="alternations between the two paths")
     parser.add_argument("--size", type=int, default=1150, help="RTP payload bytes")
+    parser.add_argument("--profile", choices=[*PROFILES, "all"], default="aead_aes_256_gcm",
+                        help="SRTP protection profile of the consumers (all: one run each)")
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(run(args)), indent=2))
+    if args.profile != "all":
+        print(json.dumps(asyncio.run(run(args)), indent=2))
+        return
+    results = []
+    for name in PROFILES:
+        args.profile = name
+        results.append(asyncio.run(run(args)))
+    print(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

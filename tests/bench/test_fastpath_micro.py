@@ -2,13 +2,17 @@
 
 import argparse
 
+import pytest
+
 from bench import fastpath_micro
 from sfu import fastpath
 
 
-async def test_micro_bench_reports_both_paths_and_every_copy_arrives():
-    args = argparse.Namespace(consumers=3, packets=60, rounds=2, size=1000)
+@pytest.mark.parametrize("profile", list(fastpath_micro.PROFILES))
+async def test_micro_bench_reports_both_paths_and_every_copy_arrives(profile):
+    args = argparse.Namespace(consumers=3, packets=60, rounds=2, size=1000, profile=profile)
     result = await fastpath_micro.run(args)
+    assert result["profile"] == profile
     paths = ("fast", "python") if fastpath.available else ("python",)
     for path in paths:
         assert result[f"{path}_copies"] == 3 * 60
