@@ -19,9 +19,50 @@ def rounded(x: float | None, nd: int = 2) -> float | None:
     return None if x is None else round(x, nd)
 
 
+def kernel_counted(results: list[Result]) -> dict[str, Any]:
+    """Subscribers counted by the kernel (`--reading`): packets/s each received, against the
+    subscribers of the same meeting that read every packet (in the same client process when it
+    has some: its snapshots are taken at the same instants). Their loss is what they lack."""
+    readers: dict[tuple[str, int], list[tuple[float, float]]] = {}  # (meeting, process) -> (pps, bps)
+    counted: list[tuple[str, int, float]] = []
+    for r in results:
+        for c in r.clients:
+            spec, start, end = c["spec"], c["start"], c["end"]
+            if spec["role"] != "subscriber" or spec["decode"]:
+                continue
+            span = max(1e-3, end["at"] - start["at"])
+            if spec.get("kernel_count"):
+                if start.get("kernel_datagrams") is not None and end.get("kernel_datagrams") is not None:
+                    got = end["kernel_datagrams"] - start["kernel_datagrams"]
+                    counted.append((spec["meeting_id"], r.worker, got / span))
+                continue
+            zero = {"packets": 0, "bytes": 0}
+            packets = sum(e["packets"] - start["streams"].get(k, zero)["packets"] for k, e in end["streams"].items())
+            size = sum(e["bytes"] - start["streams"].get(k, zero)["bytes"] for k, e in end["streams"].items())
+            readers.setdefault((spec["meeting_id"], r.worker), []).append((packets / span, size * 8 / span))
+    expected = lacking = pps = bps = 0.0
+    for meeting, worker, rate in counted:
+        refs = readers.get((meeting, worker)) or [x for (m, _), v in readers.items() if m == meeting for x in v]
+        if not refs:
+            continue
+        ref = sorted(x[0] for x in refs)[len(refs) // 2]
+        bits_per_packet = sum(x[1] for x in refs) / max(1e-9, sum(x[0] for x in refs))
+        expected += ref
+        lacking += max(0.0, ref - rate)
+        pps += rate
+        bps += rate * bits_per_packet
+    return {
+        "subscribers": len(counted),
+        "pps": pps,
+        "bps": bps,  # estimated from the readers' bytes per packet
+        "loss_percent": 100 * lacking / expected if expected else None,
+    }
+
+
 def aggregate(results: list[Result], window: float) -> dict[str, Any]:
     """A run's media figures from what its workers' clients saw, and their CPU, over `window` s."""
     clients = [c for r in results for c in r.clients]
+    kernel = kernel_counted(results)
     sent: dict[int, float] = {}
     for c in clients:
         for k, t in c["sent"]:
@@ -43,8 +84,8 @@ def aggregate(results: list[Result], window: float) -> dict[str, Any]:
         keyframes += c["end"].get("keyframes_requested", 0) - c["start"].get("keyframes_requested", 0)
         span = max(1e-3, c["end"]["at"] - c["start"]["at"])
         audio_pps += (c["end"]["audio_packets"] - c["start"]["audio_packets"]) / span
-        if c["spec"]["role"] != "subscriber":
-            continue
+        if c["spec"]["role"] != "subscriber" or c["spec"].get("kernel_count"):
+            continue  # kernel-counted subscribers: `kernel_counted`
         start, end = c["start"], c["end"]
         span = max(1e-3, end["at"] - start["at"])
         n_streams = len([u for u in c["spec"]["publishers"] if u != c["spec"]["user_id"]])
@@ -77,8 +118,10 @@ def aggregate(results: list[Result], window: float) -> dict[str, Any]:
     cpu_s = sum(r.cpu_s for r in results)
     return {
         "subscriber_streams": len(fps),
-        "forwarded_pps": round(pps, 1),
-        "forwarded_bps": round(bps),
+        "forwarded_pps": round(pps + kernel["pps"], 1),
+        "forwarded_bps": round(bps + kernel["bps"]),
+        "kernel_counted_subscribers": kernel["subscribers"],
+        "kernel_counted_loss_percent": rounded(kernel["loss_percent"], 3),
         "audio_mix_pps": round(audio_pps, 1),
         "fps_min": rounded(min(fps) if fps else None),
         "fps_mean": rounded(sum(fps) / len(fps) if fps else None),

@@ -19,6 +19,14 @@ stream whose batch is out of order, repeated, or its first, goes packet by packe
 Everything that is not RTP (STUN consent checks, DTLS) goes to the ICE socket's own protocol as
 before, but for the server's RTCP (sender reports), counted and dropped.
 
+A socket added `in_kernel` is not even read for its RTP: a classic BPF socket filter
+(`attach_rtp_drop_filter`) drops every RTP datagram on arrival, before it is queued, and the
+kernel's per-socket drop counter (the `drops` column of /proc/net/udp) counts them. Such a
+subscriber costs the load generator nothing per packet (no copy, no system call): it has a packet
+count but no frame count nor sequence numbers, so its loss is its deficit against the subscribers
+of its meeting that read every packet (bench/aggregate.py). STUN, DTLS and RTCP still reach the
+socket and are read here as for any other.
+
 Linux only (recvmmsg, MSG_TRUNC on UDP, IPv4 loopback candidates).
 """
 
@@ -28,6 +36,7 @@ import asyncio
 import ctypes
 import ctypes.util
 import hmac
+import os
 import socket
 import struct
 import time
@@ -68,6 +77,43 @@ _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 _recvmmsg = _libc.recvmmsg
 _recvmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_void_p]
 _recvmmsg.restype = ctypes.c_int
+
+
+SO_ATTACH_FILTER = 26  # <asm-generic/socket.h>
+_BPF_LD_B_ABS, _BPF_JGE_K, _BPF_JGT_K, _BPF_RET_K = 0x30, 0x35, 0x25, 0x06
+# On a UDP socket the filter sees the datagram from its UDP header: the payload starts at 8.
+# RFC 7983: a first byte of 128..191 is RTP or RTCP, and RTCP's packet type (the second byte)
+# is 192..223. RTP is dropped; everything else is accepted whole.
+_RTP_DROP_PROGRAM = (
+    (_BPF_LD_B_ABS, 0, 0, 8),  # 0: A = payload[0]
+    (_BPF_JGE_K, 0, 4, 128),  # 1: < 128 (STUN, DTLS): accept
+    (_BPF_JGT_K, 3, 0, 191),  # 2: > 191: accept
+    (_BPF_LD_B_ABS, 0, 0, 9),  # 3: A = payload[1]
+    (_BPF_JGE_K, 0, 2, 192),  # 4: < 192: RTP, drop
+    (_BPF_JGT_K, 1, 0, 223),  # 5: > 223: RTP (a marker bit and a high payload type), drop
+    (_BPF_RET_K, 0, 0, 0xFFFFFFFF),  # 6: accept
+    (_BPF_RET_K, 0, 0, 0),  # 7: drop
+)
+
+
+def attach_rtp_drop_filter(sock: socket.socket) -> None:
+    """Drop every RTP datagram `sock` receives in the kernel, counted in its `drops`."""
+    program = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *op) for op in _RTP_DROP_PROGRAM))
+    # struct sock_fprog: the kernel copies the program during the call, so the buffer may go.
+    fprog = struct.pack("HL", len(_RTP_DROP_PROGRAM), ctypes.addressof(program))
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+
+
+def udp_drops(path: str = "/proc/net/udp") -> dict[int, int]:
+    """Socket inode -> datagrams the kernel dropped for it (filtered or with a full buffer)."""
+    out: dict[int, int] = {}
+    with open(path) as f:
+        next(f, None)  # the header line
+        for line in f:
+            fields = line.split()
+            if len(fields) >= 13:
+                out[int(fields[9])] = int(fields[-1])
+    return out
 
 
 class StreamTable:
@@ -212,14 +258,16 @@ def binding_response(request: bytes, addr: tuple[str, int], password: bytes, con
 
 
 class _Socket:
-    __slots__ = ("counters", "fd", "known", "protocol", "transport")
+    __slots__ = ("counters", "drops", "fd", "inode", "known", "protocol", "transport")
 
-    def __init__(self, transport: Any, protocol: Any, counters: dict[int, Any]) -> None:
+    def __init__(self, transport: Any, protocol: Any, counters: dict[int, Any], in_kernel: bool) -> None:
         self.transport = transport
         self.protocol = protocol
         self.counters = counters  # the client's own dict: a later offer may add streams to it
         self.known: set[int] = set()  # its SSRCs that have a row
         self.fd = transport.get_extra_info("socket").fileno()
+        self.inode = os.fstat(self.fd).st_ino if in_kernel else 0  # counted by the kernel
+        self.drops = 0  # its RTP dropped by the filter, as of the last drain
 
 
 class BatchReceiver:
@@ -260,15 +308,19 @@ class BatchReceiver:
         self.closed = 0  # sockets whose peer connection closed (no longer read)
         self.consent_answered = 0  # the server's consent checks answered here
 
-    def add(self, transport: Any, protocol: Any, counters: dict[int, Any]) -> None:
+    def add(self, transport: Any, protocol: Any, counters: dict[int, Any], in_kernel: bool = False) -> None:
         """Take an ICE socket out of the event loop; its RTP is counted into `counters`
-        (media SSRC -> StreamCounter), everything else goes to `protocol.datagram_received`."""
+        (media SSRC -> StreamCounter), or only by the kernel when `in_kernel` (see
+        `kernel_datagrams`); everything else goes to `protocol.datagram_received`."""
         transport.pause_reading()
+        sock = transport.get_extra_info("socket")
         try:
-            transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
         except OSError:
             pass  # the default buffer holds a few periods' packets too
-        self.sockets.append(_Socket(transport, protocol, counters))
+        if in_kernel:
+            attach_rtp_drop_filter(sock)
+        self.sockets.append(_Socket(transport, protocol, counters, in_kernel))
         self._rows_for(len(self.sockets) - 1)
         if self._task is None:
             self._task = asyncio.ensure_future(self._run())
@@ -293,9 +345,22 @@ class BatchReceiver:
             self._task = None
 
     def drain(self) -> None:
-        """Read and count what every socket holds now, and bring the clients' counters up to date."""
+        """Read and count what every socket holds now, and bring the clients' counters (and the
+        kernel's counts of `in_kernel` sockets) up to date."""
         self._drain()
         self.streams.store_all()
+        counted = [s for s in self.sockets if s is not None and s.inode]
+        if counted:
+            drops = udp_drops()
+            for s in counted:
+                s.drops = drops.get(s.inode, s.drops)
+
+    def kernel_datagrams(self, protocols: list[Any]) -> int | None:
+        """RTP datagrams the kernel dropped (counted) for these protocols' `in_kernel` sockets
+        as of the last `drain`; None when none of them is counted in the kernel."""
+        mine = {id(p) for p in protocols}
+        counted = [s for s in self.sockets if s is not None and s.inode and id(s.protocol) in mine]
+        return sum(s.drops for s in counted) if counted else None
 
     def _drain(self) -> None:
         for _ in range(16):  # bounded: a full buffer is read again, 16 times at most

@@ -55,6 +55,7 @@ def one_run(value: int, meetings: int, options: argparse.Namespace) -> dict[str,
             "--replay",
             "--bitrate", str(options.bitrate),
             "--batch-ms", str(options.batch_ms),
+            *(["--reading", str(options.reading)] if options.reading else []),
             "--setup-timeout", str(options.setup_timeout),
             "--duration", str(options.duration),
             "--warmup", str(options.warmup),
@@ -82,12 +83,15 @@ def held(run: dict[str, Any], options: argparse.Namespace) -> bool:
     fps = run.get("fps_min")  # of every subscriber's stream, from RTP marker bits
     decoded = run.get("decoded_fps_min")  # the decoding subscriber's: the stream stays decodable
     loss = run.get("loss_percent")
+    kernel_loss = run.get("kernel_counted_loss_percent")  # --reading: the others' deficit
     return (
         fps is not None
         and fps >= options.min_fps
         and (decoded is None or decoded >= options.min_fps)
         and loss is not None
         and loss <= options.max_loss
+        and (kernel_loss is None or kernel_loss <= options.max_loss)
+        and (not options.reading or run.get("kernel_counted_subscribers"))
     )
 
 
@@ -105,6 +109,8 @@ def describe(run: dict[str, Any], ok: bool, axis: str = "workers") -> str:
     return (
         f"{where} meetings={run['meetings']} x {run.get('subscribers')}: "
         f"{run.get('forwarded_pps')} pkt/s, fps min {run.get('fps_min')}, loss {run.get('loss_percent')} %, "
+        f"kernel-counted {run.get('kernel_counted_subscribers') or 0} "
+        f"(loss {run.get('kernel_counted_loss_percent')} %), "
         f"server {run.get('server_cpu_cores')} cores ({run.get('cpu_us_per_packet')} us/pkt), "
         f"load generator {run.get('client_cpu_cores')} cores ({run.get('client_cpu_us_per_packet')} us/pkt), "
         f"other work {run.get('host_other_cores')} cores, load before {load[0]:.2f}{per_node}: "
@@ -167,6 +173,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--bitrate", type=int, default=600_000, help="of the replayed VP8 clip, bit/s")
     p.add_argument("--batch-ms", type=float, default=250.0, help="light subscribers read their sockets every N ms")
+    p.add_argument(
+        "--reading", type=int, default=0, metavar="N",
+        help="only N light subscribers per meeting read every packet; the kernel counts the others' "
+        "(bench.load --reading); 0: all read",
+    )
     p.add_argument("--setup-timeout", type=float, default=40.0, help="per client, s (many peers join at once)")
     p.add_argument("--max-loss", type=float, default=0.5, help="percent")
     p.add_argument("--min-fps", type=float, default=29.0)

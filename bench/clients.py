@@ -331,6 +331,8 @@ class ClientSpec:
     publishers: list[str] = field(default_factory=list)  # user ids a subscriber expects
     join_delay: float = 0.0  # s after the subscribers' start (the --join-batch schedule)
     base_url: str = ""  # the node its calls go to (a cluster's owner of its meeting); empty: the bench's one
+    # light subscribers with --reading: its RTP is dropped and counted by the kernel, never read
+    kernel_count: bool = False
 
 
 def _idle(receiver: Any, connection: Any) -> None:
@@ -498,7 +500,7 @@ class BenchClient:
                     for protocol in connection._protocols:
                         if protocol.transport is not None and protocol not in self._batched:
                             self._batched.append(protocol)
-                            self.batch.add(protocol.transport, protocol, self.counters)
+                            self.batch.add(protocol.transport, protocol, self.counters, self.spec.kernel_count)
                     _idle(t.receiver, connection)
 
     # -- publisher -----------------------------------------------------------------------------
@@ -783,9 +785,12 @@ class BenchClient:
     # -- measuring -----------------------------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
+        kernel = self.batch.kernel_datagrams(self._batched) if self.batch is not None else None
         return {
             "at": time.time(),
-            "streams": {ssrc: c.snapshot() for ssrc, c in self.counters.items()},
+            # a kernel-counted subscriber's streams are never read: its datagrams say what came
+            "streams": {} if kernel is not None else {ssrc: c.snapshot() for ssrc, c in self.counters.items()},
+            "kernel_datagrams": kernel,
             "decoded": self.decoded,
             "audio_packets": self.audio_packets,
             "sent_frames": self.camera.frames if self.camera else 0,

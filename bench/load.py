@@ -109,6 +109,15 @@ def parser() -> argparse.ArgumentParser:
         "subscribers in one more process)",
     )
     p.add_argument(
+        "--reading",
+        type=int,
+        metavar="N",
+        help="with --batch-ms: only N light subscribers per meeting read and count every packet "
+        "(fps, sequence gaps); the kernel drops the others' RTP on arrival and counts it (a socket "
+        "filter, /proc/net/udp), their loss being their deficit against the readers of their "
+        "meeting (default: every light subscriber reads)",
+    )
+    p.add_argument(
         "--audio",
         action="store_true",
         help="every client also opens the audio PC (publishers send a tone)",
@@ -196,6 +205,7 @@ async def run(options: argparse.Namespace) -> dict[str, Any]:
             "warmup_s": options.warmup,
             "decoders": options.decoders,
             "decoding_meetings": options.decoding_meetings,
+            "reading": options.reading,
             "replay": options.replay,
             "audio": options.audio,
             "bitrate": options.bitrate,
@@ -234,6 +244,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if options.nodes < 1 or (options.nodes > 1 and (options.url or options.baseline or options.baseline_only)):
         print("bench: --nodes is at least 1, and above 1 goes with neither --url nor the baseline", file=sys.stderr)
+        return 2
+    if options.reading is not None and (options.reading < 1 or options.batch_ms <= 0):
+        print("bench: --reading is at least 1 and goes with --batch-ms", file=sys.stderr)
         return 2
     load = list(os.getloadavg())
     report = asyncio.run(run(options))

@@ -28,6 +28,7 @@ async def create_meetings(
     that same URL."""
     specs: list[ClientSpec] = []
     decoding_meetings = meetings if options.decoding_meetings is None else options.decoding_meetings
+    reading = getattr(options, "reading", None)  # light subscribers per meeting that read every packet
     urls = urls or [base_url]
     async with aiohttp.ClientSession() as http:
         for m in range(meetings):
@@ -76,6 +77,7 @@ async def create_meetings(
                         meeting_id,
                         "subscriber",
                         decode=i < options.decoders and m < decoding_meetings,
+                        kernel_count=reading is not None and i >= options.decoders + reading,
                         audio=options.audio,
                         publishers=pubs,
                         join_delay=(i // batch) * interval if batch > 0 else 0.0,

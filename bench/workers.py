@@ -53,6 +53,7 @@ def _client_result(c: BenchClient, start: dict[str, Any], end: dict[str, Any], t
             "decode": c.spec.decode,
             "meeting_id": c.spec.meeting_id,
             "publishers": c.spec.publishers,
+            "kernel_count": c.spec.kernel_count,
         },
         "start": start,
         "end": end,

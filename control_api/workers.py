@@ -2,15 +2,17 @@
 
 Each worker (`python -m media_worker`, spawned with a fresh interpreter, never forked) holds the
 meetings pinned to it. A meeting is pinned when it first needs media, to the live worker with the
-least load (peer connections, then forwarded packets/s, then meetings), and stays there until it
-closes. Requests and events cross one socketpair per worker (`sfu.channel`); the pool keeps the
-last stats snapshot of each worker and sums them for /metrics. A worker that dies is restarted;
+least load (peer connections, counting those asked for since its last snapshot, then forwarded
+packets/s, then meetings), and stays there until it closes. Requests and events cross one
+socketpair per worker (`sfu.channel`); the pool keeps the last stats snapshot of each worker and
+sums them for /metrics. A worker that dies is restarted;
 each meeting pinned to it is reported as `MeetingLost`, so the control plane stops it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import logging
@@ -51,6 +53,8 @@ HUNG_AFTER = 15.0  # seconds without a stats snapshot (sent every second) before
 STATS_TIMEOUT = 1.0  # seconds to wait for fresh stats on a scrape (the last ones serve after)
 STOP_TIMEOUT = 6.0  # seconds for a worker to close its meetings and exit at shutdown
 RESTART_BACKOFF = (0.0, 0.5, 1.0, 2.0, 5.0, 10.0)  # seconds before restart n (crash loops)
+ASKED_SECONDS = 2.0  # a request that may open a peer connection counts in the load this long
+OPENS_CONNECTIONS = frozenset({"publish", "update_subscriptions", "audio_offer"})
 
 
 def default_worker_count() -> int:
@@ -79,14 +83,30 @@ class Worker:
         self.exited = asyncio.Event()
         self.heard_at = time.monotonic()  # last message from the worker
         self.stopping = False  # asked to shut down: its exit is no death
+        self._asked: collections.deque[float] = collections.deque(maxlen=4096)
 
     @property
     def pid(self) -> int | None:
         return self.process.pid if self.process is not None else None
 
     def load(self) -> tuple[int, float, int]:
+        """Peer connections (as last reported, plus those asked for since: a burst of meetings
+        between two snapshots would otherwise all land on the worker that reported fewest),
+        forwarded packets/s, meetings."""
         pcs = sum((self.snapshot.get("peer_connections") or {}).values())
-        return (pcs, self.packets_per_second, len(self.meetings))
+        return (pcs + self.connections_asked(), self.packets_per_second, len(self.meetings))
+
+    def asked_connection(self) -> None:
+        """A request that may open a peer connection went to this worker."""
+        self._asked.append(time.monotonic())
+
+    def connections_asked(self) -> int:
+        """Requests that may have opened a peer connection in the last `ASKED_SECONDS`: about
+        two snapshots, by when the worker reports the connection itself (bounded deque)."""
+        horizon = time.monotonic() - ASKED_SECONDS
+        while self._asked and self._asked[0] < horizon:
+            self._asked.popleft()
+        return len(self._asked)
 
     def take_stats(self, snapshot: dict[str, Any]) -> None:
         self.snapshot = snapshot
@@ -378,7 +398,10 @@ class WorkerPool:
         return await self._request(worker, method, args)
 
     async def _on_pinned(self, meeting_id: str, method: str, args: dict[str, Any]) -> Any:
-        return await self._request(await self._pinned(meeting_id), method, args)
+        worker = await self._pinned(meeting_id)
+        if method in OPENS_CONNECTIONS:
+            worker.asked_connection()
+        return await self._request(worker, method, args)
 
     # --- events -----------------------------------------------------------------------------
 

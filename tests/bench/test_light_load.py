@@ -116,19 +116,90 @@ def test_a_light_run_end_to_end(tmp_path):
 
     out = tmp_path / "light.json"
     cmd = [
-        sys.executable, "-m", "bench.load", "--meetings", "1", "--subscribers", "3", "--decoders", "1",
-        "--replay", "--batch-ms", "20", "--processes", "2", "--width", "320", "--height", "240",
-        "--bitrate", "400000", "--duration", "2", "--warmup", "1", "--quiet", "--json", str(out),
+        sys.executable, "-m", "bench.load", "--meetings", "1", "--subscribers", "4", "--decoders", "1",
+        "--replay", "--batch-ms", "20", "--reading", "1", "--processes", "2", "--width", "320",
+        "--height", "240", "--bitrate", "400000", "--duration", "2", "--warmup", "1", "--quiet",
+        "--json", str(out),
     ]
     root = Path(__file__).resolve().parents[2]
     proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=120, check=False)
     assert out.exists(), proc.stderr[-3000:]
     (run,) = json.loads(out.read_text())["runs"]
     assert "failed" not in run, run
-    assert run["subscribers_ready"] == 3 and run["subscriber_streams"] == 3
+    # 1 decoding, 1 light reading every packet, 2 light counted by the kernel (--reading 1)
+    assert run["subscribers_ready"] == 4 and run["subscriber_streams"] == 2
     assert run["fps_min"] > 20 and run["decoded_fps_min"] > 20, run
+    assert run["kernel_counted_subscribers"] == 2 and run["kernel_counted_loss_percent"] < 5, run
+    # the forwarded packets are the four subscribers' (each gets the publisher's stream)
+    assert run["forwarded_pps"] > 3.5 * run["forwarded_pps"] / 4 > 0
     assert run["client_cpu_us_per_packet"] is not None
-    assert [(p["publishers"], p["decoding"], p["light"]) for p in run["client_processes_cpu"]] == [(1, 1, 0), (0, 0, 2)]
+    assert [(p["publishers"], p["decoding"], p["light"]) for p in run["client_processes_cpu"]] == [(1, 1, 0), (0, 0, 3)]
+
+
+def test_a_kernel_counted_socket_never_reads_rtp_and_the_kernel_counts_it():
+    """The socket filter drops RTP on arrival and the kernel counts it; STUN, DTLS and RTCP
+    still reach the batch reader."""
+    async def run():
+        loop = asyncio.get_running_loop()
+        transport, protocol = await loop.create_datagram_endpoint(_Protocol, local_addr=("127.0.0.1", 0))
+        counters = {1: StreamCounter()}
+        reader = BatchReceiver(3600, capacity=128)
+        reader.add(transport, protocol, counters, in_kernel=True)
+        tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        dest = transport.get_extra_info("sockname")
+        before = reader.kernel_datagrams([protocol])
+        reader.drain()
+        start = reader.kernel_datagrams([protocol])
+        for seq in range(40):  # RTP, marker bits and high payload types included
+            tx.sendto(struct.pack("!BBHII", 0x80, (0x80 if seq % 3 else 0) | (96 + seq % 32), seq, 0, 1), dest)
+        tx.sendto(b"\x00\x01\x00\x00" + bytes(16), dest)  # STUN
+        tx.sendto(bytes([0x80, 200]) + bytes(26), dest)  # RTCP sender report
+        tx.sendto(bytes([0x81, 205]) + bytes(14), dest)  # RTCP feedback
+        tx.sendto(bytes([22, 0xFE, 0xFD]) + bytes(10), dest)  # DTLS
+        await asyncio.sleep(0.2)
+        reader.drain()
+        end = reader.kernel_datagrams([protocol])
+        other = reader.kernel_datagrams([object()])
+        reader.stop()
+        transport.close()
+        tx.close()
+        return before, start, end, other, protocol.got, reader, counters
+
+    before, start, end, other, got, reader, counters = asyncio.run(run())
+    assert before == start == 0 and end == 40  # every RTP datagram, and nothing else
+    assert other is None  # a protocol that is not counted in the kernel
+    assert counters[1].packets == 0  # never read
+    assert reader.rtcp_dropped == 2
+    assert [data[0] for data, _ in got] == [0, 22]  # STUN and DTLS go to the ICE connection
+
+
+def test_kernel_counted_loss_is_the_deficit_against_the_readers_of_the_meeting():
+    from bench.aggregate import aggregate
+    from bench.protocol import Result
+
+    def sub(meeting, kernel=None, packets=0, decode=False):
+        spec = {"user_id": "u", "role": "subscriber", "decode": decode, "meeting_id": meeting,
+                "publishers": ["p"], "kernel_count": kernel is not None}
+        def snap(at, k, n):
+            return {"at": at, "streams": {} if kernel is not None else {7: {"packets": n, "bytes": n * 1000,
+                    "frames": n // 2, "expected": n}}, "kernel_datagrams": k, "decoded": 0, "audio_packets": 0}
+        return {"spec": spec, "start": snap(0.0, 0 if kernel is not None else None, 0),
+                "end": snap(10.0, kernel, packets), "errors": [], "e2e_ms": [], "arrivals": [], "sent": [],
+                "first_frame_s": None}
+
+    results = [
+        Result(1, [sub("a", packets=600), sub("a", kernel=600), sub("a", kernel=300)]),
+        Result(2, [sub("a", packets=600), sub("a", kernel=630)]),  # RTX on top: no deficit, no gain
+        Result(3, [sub("b", kernel=0)]),  # no reader in its process: the meeting's readers count
+        Result(4, [sub("b", packets=600)]),
+    ]
+    out = aggregate(results, 10.0)
+    assert out["kernel_counted_subscribers"] == 4
+    # lacking: 30 packets/s of the half-fed one, 60 of the starved one, out of 4 x 60 expected
+    assert out["kernel_counted_loss_percent"] == 37.5
+    assert out["subscriber_streams"] == 3 and out["fps_min"] == 30.0
+    assert out["forwarded_pps"] == 3 * 60 + (60 + 30 + 63 + 0)
+    assert out["forwarded_bps"] == 3 * 480_000 + (60 + 30 + 63) * 8000
 
 
 def test_batched_counting_matches_the_packet_by_packet_counter():
