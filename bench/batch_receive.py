@@ -297,6 +297,7 @@ class BatchReceiver:
         self._lens = words[:, _Mmsghdr.msg_len.offset // 4]
         self._namelens = words[:, (_Mmsghdr.msg_hdr.offset + _Msghdr.msg_namelen.offset) // 4]
         self.sockets: list[_Socket | None] = []  # by id; None once closed (never read again)
+        self._kernel: dict[int, _Socket] = {}  # id(protocol) -> its `in_kernel` socket
         self.streams = StreamTable()
         self._task: asyncio.Task[None] | None = None
         self.batches = 0
@@ -321,6 +322,8 @@ class BatchReceiver:
         if in_kernel:
             attach_rtp_drop_filter(sock)
         self.sockets.append(_Socket(transport, protocol, counters, in_kernel))
+        if in_kernel:
+            self._kernel[id(protocol)] = self.sockets[-1]
         self._rows_for(len(self.sockets) - 1)
         if self._task is None:
             self._task = asyncio.ensure_future(self._run())
@@ -349,17 +352,15 @@ class BatchReceiver:
         kernel's counts of `in_kernel` sockets) up to date."""
         self._drain()
         self.streams.store_all()
-        counted = [s for s in self.sockets if s is not None and s.inode]
-        if counted:
+        if self._kernel:
             drops = udp_drops()
-            for s in counted:
+            for s in self._kernel.values():
                 s.drops = drops.get(s.inode, s.drops)
 
     def kernel_datagrams(self, protocols: list[Any]) -> int | None:
         """RTP datagrams the kernel dropped (counted) for these protocols' `in_kernel` sockets
         as of the last `drain`; None when none of them is counted in the kernel."""
-        mine = {id(p) for p in protocols}
-        counted = [s for s in self.sockets if s is not None and s.inode and id(s.protocol) in mine]
+        counted = [self._kernel[id(p)] for p in protocols if id(p) in self._kernel]
         return sum(s.drops for s in counted) if counted else None
 
     def _drain(self) -> None:
@@ -379,6 +380,7 @@ class BatchReceiver:
                 continue
             if sock.transport.is_closing():  # its fd is about to be closed: never read it again
                 self.sockets[i] = None
+                self._kernel.pop(id(sock.protocol), None)
                 self.closed += 1
                 continue
             got = 0

@@ -5,8 +5,8 @@ meetings pinned to it. A meeting is pinned when it first needs media, to the liv
 least load (peer connections, counting those asked for since its last snapshot, then forwarded
 packets/s, then meetings), and stays there until it closes. Requests and events cross one
 socketpair per worker (`sfu.channel`); the pool keeps the last stats snapshot of each worker and
-sums them for /metrics. A worker that dies is restarted;
-each meeting pinned to it is reported as `MeetingLost`, so the control plane stops it.
+sums them for /metrics. A worker that dies is restarted; each meeting pinned to it is reported as
+`MeetingLost`, so the control plane stops it.
 """
 
 from __future__ import annotations
