@@ -310,8 +310,8 @@ def _describe(base: Any, marks: tuple) -> str:
 
 ENV_PREFIX = "MEETING_SFU_"
 # Variables with the prefix that are read elsewhere, not settings (not warned about).
-# sfu/fastpath.py: 0 forces pure Python / aiortc's own receive path
-ENV_NOT_SETTINGS = frozenset({"MEETING_SFU_FASTPATH", "MEETING_SFU_LEAN_RECEIVE"})
+# sfu/fastpath.py: 0 forces pure Python / aiortc's own receive path / aiortc's own subscriber RTCP
+ENV_NOT_SETTINGS = frozenset({"MEETING_SFU_FASTPATH", "MEETING_SFU_LEAN_RECEIVE", "MEETING_SFU_LEAN_RTCP"})
 
 
 def load_config(

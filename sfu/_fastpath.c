@@ -40,6 +40,8 @@ typedef int (*srtp_protect_fn)(void *ctx, void *rtp_hdr, int *len_ptr);
 
 static srtp_protect_fn srtp_protect = NULL;
 static srtp_protect_fn srtp_unprotect = NULL; /* same signature in libsrtp 2.x */
+static srtp_protect_fn srtp_protect_rtcp = NULL;   /* so are srtp_protect_rtcp ... */
+static srtp_protect_fn srtp_unprotect_rtcp = NULL; /* ... and srtp_unprotect_rtcp */
 static unsigned long long send_errors_total = 0;
 static unsigned long long protect_errors_total = 0;
 
@@ -439,19 +441,75 @@ static PyObject *fastpath_unprotect(PyObject *module, PyObject *const *args, Py_
     return PyBytes_FromStringAndSize((const char *)unprotect_buffer, len);
 }
 
-static PyObject *fastpath_set_unprotect(PyObject *module, PyObject *arg) {
-    unsigned long long address = PyLong_AsUnsignedLongLong(arg);
+/* unprotect_rtcp(ctx, data) -> bytes or None: libsrtp's srtp_unprotect_rtcp on a copy of one
+ * SRTCP packet (the lean RTCP path of subscriber connections), None when it fails. */
+static PyObject *fastpath_unprotect_rtcp(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2 || !PyBytes_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "unprotect_rtcp(ctx: int, data: bytes)");
+        return NULL;
+    }
+    unsigned long long ctx = PyLong_AsUnsignedLongLong(args[0]);
     if (PyErr_Occurred())
         return NULL;
-    srtp_unprotect = (srtp_protect_fn)(uintptr_t)address;
+    Py_ssize_t size = PyBytes_GET_SIZE(args[1]);
+    if (ctx == 0 || srtp_unprotect_rtcp == NULL || size < 8 || size > SRTP_BUFFER)
+        Py_RETURN_NONE;
+    memcpy(unprotect_buffer, PyBytes_AS_STRING(args[1]), (size_t)size);
+    int len = (int)size;
+    if (srtp_unprotect_rtcp((void *)(uintptr_t)ctx, unprotect_buffer, &len) != 0 || len < 8 || len > size)
+        Py_RETURN_NONE;
+    return PyBytes_FromStringAndSize((const char *)unprotect_buffer, len);
+}
+
+/* protect_rtcp(ctx, data) -> bytes or None: libsrtp's srtp_protect_rtcp on a copy of one RTCP
+ * packet (sender reports sent in batches), None when it fails or is too long. */
+static PyObject *fastpath_protect_rtcp(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2 || !PyBytes_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "protect_rtcp(ctx: int, data: bytes)");
+        return NULL;
+    }
+    unsigned long long ctx = PyLong_AsUnsignedLongLong(args[0]);
+    if (PyErr_Occurred())
+        return NULL;
+    Py_ssize_t size = PyBytes_GET_SIZE(args[1]);
+    if (ctx == 0 || srtp_protect_rtcp == NULL || size < 8 || size > MAX_PLAIN)
+        Py_RETURN_NONE;
+    memcpy(unprotect_buffer, PyBytes_AS_STRING(args[1]), (size_t)size);
+    int len = (int)size;
+    if (srtp_protect_rtcp((void *)(uintptr_t)ctx, unprotect_buffer, &len) != 0 || len <= size || len > SRTP_BUFFER) {
+        protect_errors_total++;
+        Py_RETURN_NONE;
+    }
+    return PyBytes_FromStringAndSize((const char *)unprotect_buffer, len);
+}
+
+static int set_function(PyObject *arg, srtp_protect_fn *target) {
+    unsigned long long address = PyLong_AsUnsignedLongLong(arg);
+    if (PyErr_Occurred())
+        return -1;
+    *target = (srtp_protect_fn)(uintptr_t)address;
+    return 0;
+}
+
+static PyObject *fastpath_set_unprotect(PyObject *module, PyObject *arg) {
+    if (set_function(arg, &srtp_unprotect) < 0)
+        return NULL;
     Py_RETURN_NONE;
 }
 
 static PyObject *fastpath_set_protect(PyObject *module, PyObject *arg) {
-    unsigned long long address = PyLong_AsUnsignedLongLong(arg);
-    if (PyErr_Occurred())
+    if (set_function(arg, &srtp_protect) < 0)
         return NULL;
-    srtp_protect = (srtp_protect_fn)(uintptr_t)address;
+    Py_RETURN_NONE;
+}
+
+static PyObject *fastpath_set_rtcp(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "set_rtcp(protect_rtcp_address, unprotect_rtcp_address)");
+        return NULL;
+    }
+    if (set_function(args[0], &srtp_protect_rtcp) < 0 || set_function(args[1], &srtp_unprotect_rtcp) < 0)
+        return NULL;
     Py_RETURN_NONE;
 }
 
@@ -466,6 +524,12 @@ static PyMethodDef fastpath_methods[] = {
     {"unprotect", (PyCFunction)(void (*)(void))fastpath_unprotect, METH_FASTCALL,
      "unprotect(ctx, data) -> bytes or None (libsrtp's srtp_unprotect)"},
     {"set_unprotect", fastpath_set_unprotect, METH_O, "The address of libsrtp's srtp_unprotect (libsrtp 2.x)."},
+    {"unprotect_rtcp", (PyCFunction)(void (*)(void))fastpath_unprotect_rtcp, METH_FASTCALL,
+     "unprotect_rtcp(ctx, data) -> bytes or None (libsrtp's srtp_unprotect_rtcp)"},
+    {"protect_rtcp", (PyCFunction)(void (*)(void))fastpath_protect_rtcp, METH_FASTCALL,
+     "protect_rtcp(ctx, data) -> bytes or None (libsrtp's srtp_protect_rtcp)"},
+    {"set_rtcp", (PyCFunction)(void (*)(void))fastpath_set_rtcp, METH_FASTCALL,
+     "set_rtcp(protect_address, unprotect_address): libsrtp's srtp_protect_rtcp, srtp_unprotect_rtcp."},
     {"counters", fastpath_counters, METH_NOARGS, "Errors counted since the start of the process."},
     {NULL},
 };

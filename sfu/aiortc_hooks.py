@@ -13,10 +13,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import heapq
 import logging
 import random
 import secrets
 import string
+import struct
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -24,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import aioice.ice
 import aioice.stun
 import aiortc.codecs
+import aiortc.rtcdtlstransport
 import aiortc.rtcpeerconnection
 import aiortc.rtcrtpreceiver
 import aiortc.rtp
@@ -49,6 +52,8 @@ _PRIVATE_NAMES: tuple[tuple[Any, str, str], ...] = (
     (RTCRtpReceiver, "_send_rtcp_pli", "keyframe requests to a publisher"),
     (RTCRtpSender, "_handle_rtcp_packet", "subscriber NACK/PLI/FIR/REMB/RR"),
     (RTCRtpSender, "_send_rtcp", "sender reports towards a subscriber"),
+    (RTCRtpSender, "_run_rtcp", "sender reports in batches"),
+    (aiortc.rtcdtlstransport.RtpRouter, "route_rtcp", "the lean RTCP path of subscribers"),
     (aioice.ice.Connection, "send", "ICE data path"),
     (aioice.ice, "get_host_addresses", "host candidates on the configured addresses only"),
     (aioice.ice.Connection, "get_component_candidates", "server ICE on the shared UDP sockets"),
@@ -78,7 +83,12 @@ _RECEIVER_ATTRIBUTES = (
     "_RTCRtpReceiver__nack_generator",
     "_RTCRtpReceiver__rtx_ssrc",
 )
-_SENDER_ATTRIBUTES = ("_ssrc", "_rtx_ssrc", "_stream_id")
+_SENDER_ATTRIBUTES = (
+    "_ssrc", "_rtx_ssrc", "_stream_id",
+    # sender reports in batches (batch_sender_reports)
+    "_RTCRtpSender__rtcp_started", "_RTCRtpSender__rtcp_exited", "_RTCRtpSender__cname", "_RTCRtpSender__lsr",
+    "_RTCRtpSender__lsr_time",
+)
 _CONNECTION_ATTRIBUTES = ("_nominated", "_protocols", "_local_username", "_query_consent_task")
 
 
@@ -569,7 +579,7 @@ def _srtp_missing() -> list[str]:
         import pylibsrtp
         from pylibsrtp._binding import ffi, lib
 
-        for name in ("srtp_protect", "srtp_unprotect"):
+        for name in ("srtp_protect", "srtp_unprotect", "srtp_protect_rtcp", "srtp_unprotect_rtcp"):
             if not hasattr(lib, name):
                 return [f"pylibsrtp._binding.lib.{name} (the compiled fast path)"]
             cname = ffi.typeof(ffi.addressof(lib, name)).cname
@@ -692,6 +702,11 @@ __all__ = [
     "hook_sender_reports",
     "hook_sender_rtcp",
     "hook_sender_start",
+    "batch_sender_reports",
+    "lean_rtcp",
+    "RtcpIngress",
+    "SenderReports",
+    "sender_reports",
     "install_consent_freshness",
     "install_shared_ice",
     "private_names",
@@ -1080,3 +1095,284 @@ def _lean_missing() -> list[str]:
     if not hasattr(getattr(connection, "_queue", None), "empty"):
         missing.append("aioice.Connection._queue (the receive queue)")
     return missing
+
+
+# --- subscriber lean RTCP path -----------------------------------------------------------------
+#
+# A subscriber connection receives RTCP only: receiver reports, NACKs, PLI/FIR and REMB, several a
+# second from each subscriber. aiortc takes each datagram through aioice's queue, a task wakeup
+# of the DTLS transport, pylibsrtp's wrapper and one awaited handler per packet. `RtcpIngress`
+# is the deliver of the connection's endpoints on the shared sockets instead: in the socket's
+# callback it unprotects the SRTCP (libsrtp's srtp_unprotect_rtcp called from C, or pylibsrtp),
+# parses it with aiortc's parser and runs the same handlers aiortc's router picks, at once.
+# Every handler on this path completes without awaiting: the subscriber m-lines' senders have
+# `hook_sender_rtcp`, whose on_rtcp answers NACK/PLI/FIR/REMB itself (aiortc's awaited
+# retransmit never runs), and aiortc's receiver report and sender report handlers do not await.
+# One that does is closed and counted (`suspended`), never left half-run. DTLS, RTP, and a
+# datagram behind others still in aiortc's queue (the order is kept) go aiortc's way.
+
+
+class RtcpIngress:
+    """The lean RTCP path of one subscriber connection (see the section comment)."""
+
+    __slots__ = (
+        "dtls", "fallback", "queue_empty", "srtp", "key", "unprotect", "packets", "fallbacks", "failures",
+        "suspended", "__weakref__",
+    )
+
+    def __init__(self, dtls: RTCDtlsTransport, fallback: Callable[[bytes, int], None],
+                 queue_empty: Callable[[], bool]) -> None:
+        self.dtls = dtls
+        self.fallback = fallback
+        self.queue_empty = queue_empty
+        self.srtp: Any = None  # the receiving SRTP session while DTLS is connected
+        self.key: Any = None
+        self.unprotect: Callable[[Any, bytes], bytes | None] = _unprotect_rtcp_python
+        self.packets = 0  # SRTCP datagrams taken through this path
+        self.fallbacks = 0  # SRTP/SRTCP handed to aiortc's path
+        self.failures = 0  # SRTCP that did not unprotect (dropped, as aiortc drops them)
+        self.suspended = 0  # handlers that awaited (closed; none is expected)
+
+    def state_changed(self) -> None:
+        dtls = self.dtls
+        srtp = dtls._rx_srtp if dtls.state == "connected" else None
+        if srtp is not None and srtp is not self.srtp:
+            from . import fastpath
+
+            self.key, self.unprotect = srtp, _unprotect_rtcp_python
+            if fastpath.unprotect_rtcp is not None:
+                try:
+                    self.key, self.unprotect = srtp_context(srtp), fastpath.unprotect_rtcp
+                except Exception:  # a pylibsrtp without Session._srtp: its wrapper does it
+                    pass
+        self.srtp = srtp
+
+    def __call__(self, data: bytes, component: int) -> None:
+        if (
+            self.srtp is None
+            or data[0] < 128  # DTLS
+            or not 191 < data[1] < 209  # RTP (aiortc's test)
+            or len(data) < 8
+            or not self.queue_empty()  # keep the order of what aiortc still has to read
+        ):
+            if self.srtp is not None and data[0] > 127:
+                self.fallbacks += 1
+            self.fallback(data, component)
+            return
+        plain = self.unprotect(self.key, data)
+        if plain is None:  # authentication, replay: aiortc drops these too
+            self.failures += 1
+            return
+        self.packets += 1
+        dtls = self.dtls
+        dtls._RTCDtlsTransport__rx_packets += 1  # type: ignore[attr-defined]
+        dtls._RTCDtlsTransport__rx_bytes += len(data)  # type: ignore[attr-defined]
+        try:
+            packets = aiortc.rtp.RtcpPacket.parse(plain)
+        except ValueError:  # as aiortc: not parsed, dropped
+            return
+        try:
+            route = dtls._rtp_router.route_rtcp
+            for packet in packets:
+                for recipient in route(packet):
+                    self._run(recipient._handle_rtcp_packet(packet))
+        except Exception:  # never into the socket's callback
+            logging.getLogger("meeting_sfu.sfu.ingress").exception("lean rtcp failed")
+
+    def _run(self, handler: Any) -> None:
+        try:
+            handler.send(None)
+        except StopIteration:
+            return
+        except Exception:
+            logging.getLogger("meeting_sfu.sfu.ingress").exception("rtcp handler failed")
+            return
+        handler.close()
+        self.suspended += 1
+        logging.getLogger("meeting_sfu.sfu.ingress").warning("an rtcp handler awaited on the lean path (closed)")
+
+    def close(self) -> None:
+        self.srtp = self.key = None
+
+
+def _unprotect_rtcp_python(session: Any, data: bytes) -> bytes | None:
+    try:
+        return session.unprotect_rtcp(data)
+    except Exception:  # pylibsrtp.Error (authentication, replay), ValueError (too long)
+        return None
+
+
+def lean_rtcp(dtls: RTCDtlsTransport) -> RtcpIngress | None:
+    """Give a subscriber connection the lean RTCP path on the shared sockets (None when its ICE
+    does not run on them)."""
+    connection = dtls.transport._connection
+    protocols = [p for p in connection._protocols if isinstance(p, _SharedStunProtocol)]
+    if not protocols:
+        return None
+    ingress = RtcpIngress(dtls, connection.data_received, connection._queue.empty)
+    for protocol in protocols:
+        protocol.deliver = ingress
+    dtls.on("statechange", ingress.state_changed)
+    ingress.state_changed()
+    return ingress
+
+
+# --- sender reports in batches -----------------------------------------------------------------
+#
+# Every idle sender of a subscriber m-line runs aiortc's RTCP task: a timer wakeup every 0.5-1.5 s,
+# a sender report and an SDES object built, serialized and sent through the awaited send chain.
+# `batch_sender_reports` replaces that task by an entry in one `SenderReports` of the event loop:
+# one timer sends every report that is due (or due within TICK: at most that early), each built
+# with one struct pack behind the SDES bytes kept from the first, protected by libsrtp called
+# from C (or pylibsrtp) and sent on the nominated pair. Each sender's next report is again
+# 0.5-1.5 s away, as aiortc draws it; aiortc's own bookkeeping (the LSR that receiver reports
+# are matched against, the transport's counters) and the RTCP BYE when the sender stops are kept.
+
+SenderInfo = tuple[int, int, int, int]  # NTP timestamp, RTP timestamp, packets, octets
+
+
+class _Report:
+    __slots__ = ("sender", "report", "sdes", "alive")
+
+    def __init__(self, sender: RTCRtpSender, report: Callable[[], SenderInfo | None]) -> None:
+        self.sender = sender
+        self.report = report
+        self.sdes: bytes | None = None
+        self.alive = True
+
+
+class SenderReports:
+    """The sender reports of the batched senders of one event loop (see the section comment)."""
+
+    TICK = 0.1
+    _SR = struct.Struct("!BBHIIIIII")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.heap: list[tuple[float, int, _Report]] = []
+        self.active = 0
+        self.sent = 0
+        self._order = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+
+    def add(self, sender: RTCRtpSender, report: Callable[[], SenderInfo | None]) -> _Report:
+        entry = _Report(sender, report)
+        self.active += 1
+        self._push(entry, self.loop.time())
+        return entry
+
+    def remove(self, entry: _Report) -> None:
+        if entry.alive:
+            entry.alive = False
+            self.active -= 1
+            if self.active == 0:
+                self.heap.clear()
+                if self._timer is not None:
+                    self._timer.cancel()
+                    self._timer = None
+
+    def _push(self, entry: _Report, now: float) -> None:
+        self._order += 1
+        due = now + 0.5 + random.random()
+        heapq.heappush(self.heap, (due, self._order, entry))
+        if self._timer is None or due < self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at = self.heap[0][0]
+            self._timer = self.loop.call_at(self._timer_at, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        now = self.loop.time()
+        limit = now + self.TICK
+        heap = self.heap
+        due_now = []
+        while heap and heap[0][0] <= limit:  # each entry once: its next is >= now + 0.5
+            due_now.append(heapq.heappop(heap)[2])
+        for entry in due_now:
+            if not entry.alive:
+                continue
+            try:
+                self._send(entry)
+            except Exception:  # a report is never a reason to stop the others
+                logging.getLogger("meeting_sfu.sfu.rtcp").exception("sender report failed")
+            self._order += 1
+            heapq.heappush(heap, (now + 0.5 + random.random(), self._order, entry))
+        if heap and self._timer is None:
+            self._timer_at = heap[0][0]
+            self._timer = self.loop.call_at(self._timer_at, self._fire)
+
+    def _send(self, entry: _Report) -> None:
+        sender = entry.sender
+        dtls = sender.transport
+        tx = dtls._tx_srtp
+        if tx is None or dtls.state != "connected":
+            return
+        info = entry.report()
+        if info is None:
+            return
+        ntp, rtp_ts, count, octets = info
+        if entry.sdes is None:
+            cname = sender._RTCRtpSender__cname  # type: ignore[attr-defined]
+            rtp = aiortc.rtp
+            entry.sdes = b"" if cname is None else bytes(
+                rtp.RtcpSdesPacket(chunks=[rtp.RtcpSourceInfo(ssrc=sender._ssrc, items=[(1, cname.encode("utf8"))])])
+            )
+        data = self._SR.pack(
+            0x80, 200, 6, sender._ssrc, (ntp >> 32) & 0xFFFFFFFF, ntp & 0xFFFFFFFF, rtp_ts & 0xFFFFFFFF,
+            count & 0xFFFFFFFF, octets & 0xFFFFFFFF,
+        ) + entry.sdes
+        path = send_path(dtls)
+        if path is None:
+            return
+        from . import fastpath
+
+        if fastpath.protect_rtcp is not None:
+            protected = fastpath.protect_rtcp(srtp_context(tx), data)
+            if protected is None:
+                return
+        else:
+            protected = tx.protect_rtcp(data)
+        sender._RTCRtpSender__lsr = (ntp >> 16) & 0xFFFFFFFF  # type: ignore[attr-defined]
+        sender._RTCRtpSender__lsr_time = time.time()  # type: ignore[attr-defined]
+        path.sendto(protected, path.addr)
+        dtls._RTCDtlsTransport__tx_packets += 1  # type: ignore[attr-defined]
+        dtls._RTCDtlsTransport__tx_bytes += len(protected)  # type: ignore[attr-defined]
+        self.sent += 1
+
+
+_sender_reports: dict[asyncio.AbstractEventLoop, SenderReports] = {}
+
+
+def sender_reports() -> SenderReports:
+    """The SenderReports of the running event loop."""
+    loop = asyncio.get_running_loop()
+    reports = _sender_reports.get(loop)
+    if reports is None:
+        for old in [lp for lp in _sender_reports if lp.is_closed()]:  # loops of ended tests
+            del _sender_reports[old]
+        reports = _sender_reports[loop] = SenderReports(loop)
+    return reports
+
+
+def batch_sender_reports(sender: RTCRtpSender, report: Callable[[], SenderInfo | None]) -> None:
+    """Send an idle sender's reports from the loop's `SenderReports` instead of its own RTCP task
+    (call before the sender starts); `report()` gives what to report, None when there is nothing
+    yet (no report is sent)."""
+
+    async def run_rtcp() -> None:
+        sender._RTCRtpSender__rtcp_started.set()  # type: ignore[attr-defined]
+        reports = sender_reports()
+        entry = reports.add(sender, report)
+        try:
+            await asyncio.get_running_loop().create_future()  # parked until the sender stops
+        except asyncio.CancelledError:
+            pass
+        finally:
+            reports.remove(entry)
+        await sender._send_rtcp([aiortc.rtp.RtcpByePacket(sources=[sender._ssrc])])  # as aiortc does
+        sender._RTCRtpSender__rtcp_exited.set()  # type: ignore[attr-defined]
+
+    sender._run_rtcp = run_rtcp  # type: ignore[method-assign]
+

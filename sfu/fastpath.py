@@ -23,6 +23,9 @@ ENV = "MEETING_SFU_FASTPATH"
 # The lean receive path of publishers' RTP (aiortc_hooks.LeanIngress) is on unless this is 0
 # (or MEETING_SFU_FASTPATH=0, which turns every shortcut off); it does not need the extension.
 LEAN_ENV = "MEETING_SFU_LEAN_RECEIVE"
+# The lean RTCP of subscriber connections (aiortc_hooks.RtcpIngress) and their sender reports in
+# batches (aiortc_hooks.SenderReports) are on unless this is 0 (or MEETING_SFU_FASTPATH=0).
+LEAN_RTCP_ENV = "MEETING_SFU_LEAN_RTCP"
 _OFF = ("0", "false", "no", "off")
 
 _why_not = ""
@@ -41,6 +44,9 @@ if _ext is not None:
     try:
         _ext.set_protect(_hooks.srtp_protect_address())
         _ext.set_unprotect(_hooks.srtp_protect_address("srtp_unprotect"))
+        _ext.set_rtcp(
+            _hooks.srtp_protect_address("srtp_protect_rtcp"), _hooks.srtp_protect_address("srtp_unprotect_rtcp")
+        )
     except Exception as exc:  # pylibsrtp without the libsrtp 2.x entry points: stay in Python
         _why_not = f"pylibsrtp's srtp_protect unavailable ({exc})"
         _ext = None
@@ -49,6 +55,8 @@ available = _ext is not None
 enabled = available
 # Read when a publisher's PC is attached (tests flip it): new publishers take the lean path.
 lean_receive = not _why_not.startswith(ENV) and os.environ.get(LEAN_ENV, "1").strip().lower() not in _OFF
+# Read when a subscriber m-line is created (its reports) and when its DTLS connects (its RTCP).
+lean_rtcp = not _why_not.startswith(ENV) and os.environ.get(LEAN_RTCP_ENV, "1").strip().lower() not in _OFF
 
 
 if _ext is not None:
@@ -57,6 +65,10 @@ if _ext is not None:
     SocketFd = _ext.SocketFd
     # unprotect(ctx, data) -> bytes | None: the lean receive path's SRTP (libsrtp's srtp_unprotect)
     unprotect: Any = _ext.unprotect
+    # unprotect_rtcp / protect_rtcp(ctx, data) -> bytes | None: libsrtp's SRTCP calls (the lean
+    # RTCP path of subscriber connections, the batched sender reports)
+    unprotect_rtcp: Any = _ext.unprotect_rtcp
+    protect_rtcp: Any = _ext.protect_rtcp
 else:
 
     class StreamBase:  # type: ignore[no-redef]
@@ -89,6 +101,8 @@ else:
     forward = None
     SocketFd = None
     unprotect = None
+    unprotect_rtcp = None
+    protect_rtcp = None
 
 
 def describe() -> str:
@@ -101,8 +115,12 @@ def describe() -> str:
 def describe_receive() -> str:
     """One line for the start-up log: how publishers' RTP is received."""
     if lean_receive:
-        return "publisher receive path: lean (SRTP from the shared socket straight to the producer)"
-    return f"publisher receive path: aiortc's ({ENV}=0 or {LEAN_ENV}=0)"
+        text = "publisher receive path: lean (SRTP from the shared socket straight to the producer)"
+    else:
+        text = f"publisher receive path: aiortc's ({ENV}=0 or {LEAN_ENV}=0)"
+    if lean_rtcp:
+        return text + "; subscriber RTCP: lean, sender reports in batches"
+    return text + f"; subscriber RTCP: aiortc's ({ENV}=0 or {LEAN_RTCP_ENV}=0)"
 
 
 _announced = False
@@ -150,6 +168,7 @@ def socket_fd(fileno: int) -> Any:
 __all__ = [
     "ENV",
     "LEAN_ENV",
+    "LEAN_RTCP_ENV",
     "StreamBase",
     "announce",
     "attach_send",
@@ -159,5 +178,6 @@ __all__ = [
     "enabled",
     "forward",
     "lean_receive",
+    "lean_rtcp",
     "socket_fd",
 ]

@@ -31,6 +31,7 @@ from aiortc.rtp import (
 )
 
 from . import aiortc_hooks as hooks
+from . import fastpath
 from .api import MediaError, StreamKind, SubscribedStream, bad_sdp
 from .consumer import Consumer, SendParameters, StreamState
 from .metrics import MediaStats, watch_pc_states
@@ -124,6 +125,8 @@ class SubscriberTransport:
         self._on_offer = on_offer
         self._on_peer_lost = on_peer_lost
         self.bandwidth = SubscriberBandwidth(self)  # simulcast layer choice (DESIGN §6.1)
+        # the lean RTCP path of the receive PC's connection (aiortc_hooks.RtcpIngress)
+        self.rtcp_ingress: hooks.RtcpIngress | None = None
 
     # --- queries ----------------------------------------------------------------------------
 
@@ -225,7 +228,10 @@ class SubscriberTransport:
         sender = transceiver.sender
         hooks.hook_sender_start(sender, lambda parameters: self._slot_started(slot, parameters))
         hooks.hook_sender_rtcp(sender, lambda packet: self._slot_rtcp(slot, packet))
-        hooks.hook_sender_reports(sender, lambda packets: self._slot_report(slot, packets))
+        if fastpath.lean_rtcp:
+            hooks.batch_sender_reports(sender, lambda: self._sender_info(slot))
+        else:
+            hooks.hook_sender_reports(sender, lambda packets: self._slot_report(slot, packets))
         self.slots.append(slot)
         return slot
 
@@ -313,6 +319,10 @@ class SubscriberTransport:
         if path is None:
             log.warning("subscriber send path unavailable user=%s", self.user_id)
             return
+        if fastpath.lean_rtcp and (self.rtcp_ingress is None or self.rtcp_ingress.dtls is not transport):
+            if self.rtcp_ingress is not None:
+                self.rtcp_ingress.close()
+            self.rtcp_ingress = hooks.lean_rtcp(transport)
         codecs = parameters.codecs
         pt = codecs[0].payloadType
         rtx_pt = next(
@@ -384,18 +394,15 @@ class SubscriberTransport:
                 if rtt < 60:
                     self.stats.rtt_seconds.observe(rtt)
 
-    def _slot_report(self, slot: Slot, packets: list[Any]) -> None:
-        """Fill the idle sender's SR with what this m-line really sent."""
-        if not packets or not isinstance(packets[0], RtcpSrPacket):
-            return
+    def _sender_info(self, slot: Slot) -> hooks.SenderInfo | None:
+        """What this m-line's sender report says (NTP, RTP timestamp, packets, octets); None
+        before anything was sent on it."""
         consumer = slot.consumer
         report = consumer.sender_report(time.time(), time.monotonic()) if consumer else None
         if report is None:
             state = slot.state
             if state.last_time is None:
-                return
-            from .rtp import ntp_from_unix
-
+                return None
             elapsed = time.monotonic() - state.last_time
             report = (
                 ntp_from_unix(time.time()),
@@ -403,6 +410,15 @@ class SubscriberTransport:
                 state.packets & 0xFFFFFFFF,
                 state.octets & 0xFFFFFFFF,
             )
+        return report
+
+    def _slot_report(self, slot: Slot, packets: list[Any]) -> None:
+        """Fill the idle sender's SR with what this m-line really sent (aiortc's RTCP task)."""
+        if not packets or not isinstance(packets[0], RtcpSrPacket):
+            return
+        report = self._sender_info(slot)
+        if report is None:
+            return
         ntp, rtp_ts, count, octets = report
         packets[0].sender_info = RtcpSenderInfo(
             ntp_timestamp=ntp, rtp_timestamp=rtp_ts, packet_count=count, octet_count=octets
@@ -416,6 +432,8 @@ class SubscriberTransport:
             return
         self.closed = True
         self.bandwidth.close()
+        if self.rtcp_ingress is not None:
+            self.rtcp_ingress.close()
         if self._reoffer_task is not None:
             self._reoffer_task.cancel()
         for slot in self.slots:

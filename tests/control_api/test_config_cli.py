@@ -53,11 +53,13 @@ def test_unknown_variables_warn_naming_them_and_bad_known_ones_name_the_variable
         "MEETING_SFU_SERVER_PORT": "10001",
         "MEETING_SFU_FASTPATH": "0",  # read by sfu/fastpath.py: not a setting, not warned about
         "MEETING_SFU_LEAN_RECEIVE": "0",  # the same
+        "MEETING_SFU_LEAN_RTCP": "0",  # the same
     }
     config = load_config(env=env, warn=warnings.append)
     assert config.server.port == 10001
     assert len(warnings) == 1
-    assert "MEETING_SFU_FASTPATH" not in warnings[0] and "MEETING_SFU_LEAN_RECEIVE" not in warnings[0]
+    for name in ("MEETING_SFU_FASTPATH", "MEETING_SFU_LEAN_RECEIVE", "MEETING_SFU_LEAN_RTCP"):
+        assert name not in warnings[0]
     for name in ("MEETING_SFU_SERVICE_HOST", "MEETING_SFU_SERVICE_PORT", "MEETING_SFU_SERVER_NOPE"):
         assert name in warnings[0]
     assert "MEETING_SFU_SERVER_PORT" not in warnings[0].split("(")[0]

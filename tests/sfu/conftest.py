@@ -90,7 +90,7 @@ async def media(request, events):
 @pytest.fixture(params=["fast", "python"])
 def forwarding_path(request, monkeypatch):
     """Both forwarding paths (sfu.fastpath): the compiled one when built (with the lean receive
-    path), and pure Python (with aiortc's receive path), in
+    path and the lean subscriber RTCP), and pure Python (with aiortc's receive path and RTCP), in
     this process and in worker processes (which read MEETING_SFU_FASTPATH when they start).
     Use it before any service fixture (e.g. `pytest.mark.usefixtures("forwarding_path")`)."""
     from sfu import fastpath
@@ -101,5 +101,6 @@ def forwarding_path(request, monkeypatch):
     else:
         monkeypatch.setattr(fastpath, "enabled", False)
         monkeypatch.setattr(fastpath, "lean_receive", False)  # MEETING_SFU_FASTPATH=0 turns it off too
+        monkeypatch.setattr(fastpath, "lean_rtcp", False)  # and this
         monkeypatch.setenv(fastpath.ENV, "0")
     return request.param
