@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -34,6 +35,8 @@ log = logging.getLogger("meeting_sfu.sfu.udp_mux")
 SRTP_MAX_BYTES = 1500  # pylibsrtp refuses longer packets ("packet is too long"), fatally for aiortc
 MAX_ADDRESSES = 16  # remote addresses one connection may be reached from (anti-flood bound)
 SOCKET_BUFFER_BYTES = 4 * 1024 * 1024  # one socket carries every PC: far beyond the 256 KiB default
+IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", 10)  # Linux <linux/in.h>
+IP_PMTUDISC_PROBE = getattr(socket, "IP_PMTUDISC_PROBE", 3)  # DF set, path MTU ignored
 _STUN_COOKIE = b"\x21\x12\xa4\x42"
 _STUN_USERNAME = 0x0006
 
@@ -271,6 +274,14 @@ def bind_socket(address: str, port: int) -> socket.socket:
                 pass  # the kernel caps it at net.core.rmem_max / wmem_max anyway
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        elif sys.platform.startswith("linux"):
+            # Don't fragment, without path-MTU discovery (datagrams are sized to fit, as WebRTC
+            # sizes them): the kernel then leaves each IPv4 header's identification at 0 instead
+            # of drawing one per datagram from its shared generator.
+            try:
+                sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_PROBE)
+            except OSError:
+                pass
         sock.bind((address, port))
         sock.setblocking(False)
     except BaseException:

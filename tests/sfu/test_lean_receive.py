@@ -225,3 +225,45 @@ def test_the_environment_switches_the_lean_path_off(env, lean):
     out = subprocess.run([sys.executable, "-c", code], env={**base, **env}, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith(str(lean)), out.stdout
+
+
+def test_the_bitrate_estimator_fed_per_group_sees_the_same_groups_and_overuse():
+    """GroupedEstimate gives aiortc's RemoteBitrateEstimator one packet per group of packets
+    sent within 4 ms: its offset and overuse state after every frame are those of feeding every
+    packet, through a congestion episode; its REMB follows within a few percent (the incoming
+    rate counts a group's later packets one group late), one per group at most instead of one
+    per packet while overusing."""
+    from aiortc.rate import RemoteBitrateEstimator
+
+    every, grouped = RemoteBitrateEstimator(), RemoteBitrateEstimator()
+    feed = aiortc_hooks.GroupedEstimate()
+    last = {"every": None, "grouped": None}
+    counts = {"every": 0, "grouped": 0}
+    gaps = []
+    states = set()
+    queue = 0.0
+    for frame in range(30 * 20):
+        t = frame / 30
+        if 8 <= t < 11:
+            queue += 0.003  # the link falls behind: each frame waits longer
+        else:
+            queue = max(0.0, queue - 0.004)
+        for i in range(5):
+            sent = 1000.0 + t + i * 0.0002
+            arrival = int((sent + 0.02 + queue + i * 0.0008) * 1000)
+            abs_time = int(sent * (1 << 18)) & 0xFFFFFF
+            for name, remb in (
+                ("every", every.add(arrival, abs_time, 1100, 1234)),
+                ("grouped", feed(grouped, arrival, abs_time, 1100, 1234)),
+            ):
+                if remb is not None:
+                    last[name] = remb[0]
+                    counts[name] += 1
+        assert grouped.detector.state() == every.detector.state(), t
+        assert grouped.estimator.offset() == pytest.approx(every.estimator.offset()), t
+        states.add(every.detector.state())
+        if last["every"] is not None and last["grouped"] is not None:
+            gaps.append(abs(last["grouped"] - last["every"]) / last["every"])
+    assert len(states) > 1  # the episode was seen as overuse
+    assert len(gaps) > 30 * 15 and max(gaps) < 0.15
+    assert 0 < counts["grouped"] <= counts["every"] / 2  # not one per packet while overusing

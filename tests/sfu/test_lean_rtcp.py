@@ -166,3 +166,44 @@ def test_compiled_rtcp_protect_and_unprotect_match_pylibsrtp():
     assert fastpath.unprotect_rtcp(ctx, b"\x80\xc9\x00") is None  # shorter than a header
     assert fastpath.unprotect_rtcp(ctx, b"\x80" * 1600) is None  # longer than the SRTP buffer
     assert fastpath.protect_rtcp(aiortc_hooks.srtp_context(ours_tx), b"\x80" * 1400) is None  # no room
+
+
+def test_the_lean_path_hands_each_packet_to_whom_aiortc_routes_it():
+    """Receiver reports, NACK, PLI and REMB are looked up directly, the rest by aiortc's router:
+    the same recipients as RtpRouter.route_rtcp for each, each once."""
+    from aiortc.rtcdtlstransport import RtpRouter
+    from aiortc.rtp import (
+        RTCP_PSFB_APP,
+        RTCP_PSFB_PLI,
+        RtcpByePacket,
+        RtcpPsfbPacket,
+        RtcpReceiverInfo,
+        RtcpSenderInfo,
+        RtcpSrPacket,
+        pack_remb_fci,
+    )
+
+    routing = RtpRouter()
+    senders = {ssrc: f"sender-{ssrc}" for ssrc in (11, 12, 13)}
+    for ssrc, sender in senders.items():
+        routing.register_sender(sender, ssrc)
+    routing.register_receiver("receiver-21", ssrcs=[21], payload_types=[96])
+
+    def info(ssrc: int) -> RtcpReceiverInfo:
+        return RtcpReceiverInfo(ssrc=ssrc, fraction_lost=0, packets_lost=0, highest_sequence=1, jitter=0, lsr=0, dlsr=0)
+
+    packets = [
+        RtcpRrPacket(ssrc=1, reports=[info(11), info(12), info(11), info(99)]),
+        RtcpRrPacket(ssrc=1),
+        RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=1, media_ssrc=13),
+        RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=1, media_ssrc=98),
+        RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=1, media_ssrc=12),
+        RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=1, media_ssrc=0, fci=pack_remb_fci(500000, [11, 13, 97])),
+        RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=1, media_ssrc=0, fci=b"not a remb"),
+        RtcpSrPacket(ssrc=21, sender_info=RtcpSenderInfo(1, 2, 3, 4), reports=[info(13)]),
+        RtcpByePacket(sources=[21, 11]),
+    ]
+    for packet in packets:
+        ours = list(aiortc_hooks._rtcp_recipients(routing, packet))
+        assert len(ours) == len(set(ours))
+        assert set(ours) == routing.route_rtcp(packet), packet

@@ -5,6 +5,7 @@ datagrams are dropped and counted without disturbing anyone, and every table dra
 import asyncio
 import os
 import socket
+import sys
 
 import aioice.stun
 import pytest
@@ -391,3 +392,22 @@ async def test_ipv6_loopback_has_its_own_shared_socket(service, events):
         await pub.close()
         await service.close()
         peer.configure_ice(peer.IceSettings(addresses=("127.0.0.1",)))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="IP_MTU_DISCOVER is Linux's")
+def test_shared_sockets_send_ipv4_without_fragmenting_and_still_carry_a_full_datagram():
+    """The shared IPv4 sockets set don't-fragment without path-MTU discovery (so the kernel
+    draws no IP identification per datagram): a datagram of the largest SRTP size still goes."""
+    from sfu.udp_mux import IP_MTU_DISCOVER, IP_PMTUDISC_PROBE, SRTP_MAX_BYTES
+
+    sock = bind_socket("127.0.0.1", 0)
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        assert sock.getsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER) == IP_PMTUDISC_PROBE
+        receiver.bind(("127.0.0.1", 0))
+        receiver.settimeout(5)
+        sock.sendto(b"\x80" * SRTP_MAX_BYTES, receiver.getsockname())
+        assert len(receiver.recv(65536)) == SRTP_MAX_BYTES
+    finally:
+        sock.close()
+        receiver.close()
