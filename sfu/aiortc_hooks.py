@@ -1297,13 +1297,18 @@ SenderInfo = tuple[int, int, int, int]  # NTP timestamp, RTP timestamp, packets,
 
 
 class _Report:
-    __slots__ = ("sender", "report", "sdes", "alive")
+    __slots__ = ("sender", "report", "sdes", "alive", "tx", "key", "protect", "path")
 
     def __init__(self, sender: RTCRtpSender, report: Callable[[], SenderInfo | None]) -> None:
         self.sender = sender
         self.report = report
         self.sdes: bytes | None = None
         self.alive = True
+        # found again whenever the transport's sending SRTP session changes (a new DTLS session)
+        self.tx: Any = None
+        self.key: Any = None  # what `protect` takes: its srtp_t for the compiled one
+        self.protect: Callable[[Any, bytes], bytes | None] = _protect_rtcp_python
+        self.path: SendPath | None = None
 
 
 class SenderReports:
@@ -1388,23 +1393,33 @@ class SenderReports:
             0x80, 200, 6, sender._ssrc, (ntp >> 32) & 0xFFFFFFFF, ntp & 0xFFFFFFFF, rtp_ts & 0xFFFFFFFF,
             count & 0xFFFFFFFF, octets & 0xFFFFFFFF,
         ) + entry.sdes
-        path = send_path(dtls)
-        if path is None:
-            return
-        from . import fastpath
+        path = entry.path
+        if tx is not entry.tx or path is None:
+            from . import fastpath
 
-        if fastpath.protect_rtcp is not None:
-            protected = fastpath.protect_rtcp(srtp_context(tx), data)
-            if protected is None:
+            path = entry.path = send_path(dtls)
+            if path is None:
                 return
-        else:
-            protected = tx.protect_rtcp(data)
+            entry.tx = tx
+            entry.key, entry.protect = tx, _protect_rtcp_python
+            if fastpath.protect_rtcp is not None:
+                entry.key, entry.protect = srtp_context(tx), fastpath.protect_rtcp
+        protected = entry.protect(entry.key, data)
+        if protected is None:
+            return
         sender._RTCRtpSender__lsr = (ntp >> 16) & 0xFFFFFFFF  # type: ignore[attr-defined]
         sender._RTCRtpSender__lsr_time = time.time()  # type: ignore[attr-defined]
         path.sendto(protected, path.addr)
         dtls._RTCDtlsTransport__tx_packets += 1  # type: ignore[attr-defined]
         dtls._RTCDtlsTransport__tx_bytes += len(protected)  # type: ignore[attr-defined]
         self.sent += 1
+
+
+def _protect_rtcp_python(session: Any, data: bytes) -> bytes | None:
+    try:
+        return session.protect_rtcp(data)
+    except Exception:  # pylibsrtp.Error, ValueError (too long): this report is not sent
+        return None
 
 
 _sender_reports: dict[asyncio.AbstractEventLoop, SenderReports] = {}

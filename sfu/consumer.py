@@ -33,7 +33,7 @@ from .history import (
     REPLAY_TICK,
     PacketRing,
 )
-from .rtp import HEADER, SEQ_TS, U32, payload_offset, wrap_rtx
+from .rtp import HEADER, SEQ_TS, U32, ntp_from_unix, payload_offset, wrap_rtx
 
 if TYPE_CHECKING:
     from .producer import Producer
@@ -471,8 +471,6 @@ class Consumer(StreamBase):
         """(ntp, rtp timestamp, packet count, octet count) for an RTCP SR, or None if nothing
         was sent yet. Translates the publisher's last SR through this consumer's timestamp
         offset when there is one, else maps the last sent timestamp to the local clock."""
-        from .rtp import ntp_from_unix
-
         if self.last_time is None:
             return None
         sr = self.producer.last_sr
