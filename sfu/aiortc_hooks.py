@@ -912,18 +912,9 @@ class LeanIngress:
         self.estimate = GroupedEstimate()  # the receiver's bitrate estimator, fed per group
 
     def state_changed(self) -> None:
-        dtls = self.dtls
-        srtp = dtls._rx_srtp if dtls.state == "connected" else None
-        if srtp is not None and srtp is not self.srtp:
-            from . import fastpath
+        from . import fastpath
 
-            self.key, self.unprotect = srtp, _unprotect_python
-            if fastpath.unprotect is not None:
-                try:
-                    self.key, self.unprotect = srtp_context(srtp), fastpath.unprotect
-                except Exception:  # a pylibsrtp without Session._srtp: its wrapper does it
-                    pass
-        self.srtp = srtp
+        _take_receive_session(self, fastpath.unprotect, _unprotect_python)
         self._path = None  # found again on the first RTCP (the nominated pair is known by then)
 
     def __call__(self, data: bytes, component: int) -> None:
@@ -1069,6 +1060,21 @@ class LeanIngress:
         self._path = None
 
 
+def _take_receive_session(path: Any, compiled: Any, python: Callable[[Any, bytes], bytes | None]) -> None:
+    """Give a lean path (`srtp`, `key`, `unprotect`) its DTLS transport's receiving SRTP session
+    while connected: unprotected by `compiled` on the session's srtp_t, else by `python`."""
+    dtls = path.dtls
+    srtp = dtls._rx_srtp if dtls.state == "connected" else None
+    if srtp is not None and srtp is not path.srtp:
+        path.key, path.unprotect = srtp, python
+        if compiled is not None:
+            try:
+                path.key, path.unprotect = srtp_context(srtp), compiled
+            except Exception:  # a pylibsrtp without Session._srtp: its wrapper does it
+                pass
+    path.srtp = srtp
+
+
 def _unprotect_python(session: Any, data: bytes) -> bytes | None:
     try:
         return session.unprotect(data)
@@ -1178,18 +1184,9 @@ class RtcpIngress:
         self.suspended = 0  # handlers that awaited (closed; none is expected)
 
     def state_changed(self) -> None:
-        dtls = self.dtls
-        srtp = dtls._rx_srtp if dtls.state == "connected" else None
-        if srtp is not None and srtp is not self.srtp:
-            from . import fastpath
+        from . import fastpath
 
-            self.key, self.unprotect = srtp, _unprotect_rtcp_python
-            if fastpath.unprotect_rtcp is not None:
-                try:
-                    self.key, self.unprotect = srtp_context(srtp), fastpath.unprotect_rtcp
-                except Exception:  # a pylibsrtp without Session._srtp: its wrapper does it
-                    pass
-        self.srtp = srtp
+        _take_receive_session(self, fastpath.unprotect_rtcp, _unprotect_rtcp_python)
 
     def __call__(self, data: bytes, component: int) -> None:
         if (
