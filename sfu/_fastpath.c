@@ -418,69 +418,53 @@ fail:
     return NULL;
 }
 
-/* unprotect(ctx, data) -> bytes or None: libsrtp's srtp_unprotect on a copy of one SRTP packet,
- * what pylibsrtp's Session.unprotect does without its Python wrapper (cffi allocations, a second
- * copy, an exception per failure). None when it fails (authentication, replay) or is too long. */
-static unsigned char unprotect_buffer[SRTP_BUFFER];
+/* One libsrtp call on a copy of one packet, in a fixed buffer: what pylibsrtp's Session does
+ * without its Python wrapper (cffi allocations, a second copy, an exception per failure).
+ * args: (ctx: int, data: bytes). None when the call fails (authentication, replay, no room) or
+ * the packet is shorter than `min_len` or longer than `max_in`; a failed protect is counted. */
+static unsigned char copy_buffer[SRTP_BUFFER];
 
+static PyObject *srtp_on_copy(PyObject *const *args, Py_ssize_t nargs, const char *usage, srtp_protect_fn fn,
+                              Py_ssize_t min_len, Py_ssize_t max_in, int protecting) {
+    if (nargs != 2 || !PyBytes_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, usage);
+        return NULL;
+    }
+    unsigned long long ctx = PyLong_AsUnsignedLongLong(args[0]);
+    if (PyErr_Occurred())
+        return NULL;
+    Py_ssize_t size = PyBytes_GET_SIZE(args[1]);
+    if (ctx == 0 || fn == NULL || size < min_len || size > max_in)
+        Py_RETURN_NONE;
+    memcpy(copy_buffer, PyBytes_AS_STRING(args[1]), (size_t)size);
+    int len = (int)size;
+    int failed = fn((void *)(uintptr_t)ctx, copy_buffer, &len) != 0;
+    if (protecting) {
+        if (failed || len <= size || len > SRTP_BUFFER) {
+            protect_errors_total++;
+            Py_RETURN_NONE;
+        }
+    } else if (failed || len < min_len || len > size) {
+        Py_RETURN_NONE;
+    }
+    return PyBytes_FromStringAndSize((const char *)copy_buffer, len);
+}
+
+/* unprotect(ctx, data) -> bytes or None: libsrtp's srtp_unprotect (the lean receive path). */
 static PyObject *fastpath_unprotect(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 2 || !PyBytes_Check(args[1])) {
-        PyErr_SetString(PyExc_TypeError, "unprotect(ctx: int, data: bytes)");
-        return NULL;
-    }
-    unsigned long long ctx = PyLong_AsUnsignedLongLong(args[0]);
-    if (PyErr_Occurred())
-        return NULL;
-    Py_ssize_t size = PyBytes_GET_SIZE(args[1]);
-    if (ctx == 0 || srtp_unprotect == NULL || size < 12 || size > SRTP_BUFFER)
-        Py_RETURN_NONE;
-    memcpy(unprotect_buffer, PyBytes_AS_STRING(args[1]), (size_t)size);
-    int len = (int)size;
-    if (srtp_unprotect((void *)(uintptr_t)ctx, unprotect_buffer, &len) != 0 || len < 12 || len > size)
-        Py_RETURN_NONE;
-    return PyBytes_FromStringAndSize((const char *)unprotect_buffer, len);
+    return srtp_on_copy(args, nargs, "unprotect(ctx: int, data: bytes)", srtp_unprotect, 12, SRTP_BUFFER, 0);
 }
 
-/* unprotect_rtcp(ctx, data) -> bytes or None: libsrtp's srtp_unprotect_rtcp on a copy of one
- * SRTCP packet (the lean RTCP path of subscriber connections), None when it fails. */
+/* unprotect_rtcp(ctx, data) -> bytes or None: libsrtp's srtp_unprotect_rtcp (the lean RTCP path
+ * of subscriber connections). */
 static PyObject *fastpath_unprotect_rtcp(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 2 || !PyBytes_Check(args[1])) {
-        PyErr_SetString(PyExc_TypeError, "unprotect_rtcp(ctx: int, data: bytes)");
-        return NULL;
-    }
-    unsigned long long ctx = PyLong_AsUnsignedLongLong(args[0]);
-    if (PyErr_Occurred())
-        return NULL;
-    Py_ssize_t size = PyBytes_GET_SIZE(args[1]);
-    if (ctx == 0 || srtp_unprotect_rtcp == NULL || size < 8 || size > SRTP_BUFFER)
-        Py_RETURN_NONE;
-    memcpy(unprotect_buffer, PyBytes_AS_STRING(args[1]), (size_t)size);
-    int len = (int)size;
-    if (srtp_unprotect_rtcp((void *)(uintptr_t)ctx, unprotect_buffer, &len) != 0 || len < 8 || len > size)
-        Py_RETURN_NONE;
-    return PyBytes_FromStringAndSize((const char *)unprotect_buffer, len);
+    return srtp_on_copy(args, nargs, "unprotect_rtcp(ctx: int, data: bytes)", srtp_unprotect_rtcp, 8, SRTP_BUFFER, 0);
 }
 
-/* protect_rtcp(ctx, data) -> bytes or None: libsrtp's srtp_protect_rtcp on a copy of one RTCP
- * packet (sender reports sent in batches), None when it fails or is too long. */
+/* protect_rtcp(ctx, data) -> bytes or None: libsrtp's srtp_protect_rtcp (sender reports sent in
+ * batches); None when it fails or the protected packet would not fit. */
 static PyObject *fastpath_protect_rtcp(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 2 || !PyBytes_Check(args[1])) {
-        PyErr_SetString(PyExc_TypeError, "protect_rtcp(ctx: int, data: bytes)");
-        return NULL;
-    }
-    unsigned long long ctx = PyLong_AsUnsignedLongLong(args[0]);
-    if (PyErr_Occurred())
-        return NULL;
-    Py_ssize_t size = PyBytes_GET_SIZE(args[1]);
-    if (ctx == 0 || srtp_protect_rtcp == NULL || size < 8 || size > MAX_PLAIN)
-        Py_RETURN_NONE;
-    memcpy(unprotect_buffer, PyBytes_AS_STRING(args[1]), (size_t)size);
-    int len = (int)size;
-    if (srtp_protect_rtcp((void *)(uintptr_t)ctx, unprotect_buffer, &len) != 0 || len <= size || len > SRTP_BUFFER) {
-        protect_errors_total++;
-        Py_RETURN_NONE;
-    }
-    return PyBytes_FromStringAndSize((const char *)unprotect_buffer, len);
+    return srtp_on_copy(args, nargs, "protect_rtcp(ctx: int, data: bytes)", srtp_protect_rtcp, 8, MAX_PLAIN, 1);
 }
 
 static int set_function(PyObject *arg, srtp_protect_fn *target) {
